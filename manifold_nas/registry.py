@@ -1,0 +1,105 @@
+"""timm-style registries: register by name, list with wildcards, build by name.
+
+One :class:`Registry` instance exists per kind of pluggable thing (op sets,
+relaxations, architecture optimizers, selectors, datasets, networks). Third
+parties add to a registry either by importing it and calling
+:meth:`Registry.register`, or, without touching our code, through a Python
+entry point in the group ``manifold_nas.<kind>`` (e.g. ``manifold_nas.opsets``),
+which is loaded lazily the first time the registry is queried.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterator
+from importlib.metadata import entry_points
+from typing import Generic, TypeVar
+
+from manifold_nas.errors import UserInputError
+
+__all__ = ["Registry"]
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A name -> object table with entry-point discovery.
+
+    Parameters
+    ----------
+    kind:
+        Plural noun used in messages and in ``manifold-nas list KIND``.
+    entry_point_group:
+        Entry-point group scanned once, lazily. Each entry point's object is
+        loaded; loading it is expected to register itself (a decorated
+        function or class) or to *be* the object, in which case it is
+        registered under the entry point's name.
+    """
+
+    def __init__(self, kind: str, entry_point_group: str | None = None) -> None:
+        self.kind = kind
+        self.entry_point_group = entry_point_group
+        self._items: dict[str, T] = {}
+        self._entry_points_loaded = entry_point_group is None
+
+    def register(self, name: str, obj: T | None = None, *, overwrite: bool = False):
+        """Register ``obj`` under ``name``; without ``obj`` act as a decorator."""
+
+        def _add(value: T) -> T:
+            if name in self._items and not overwrite and self._items[name] is not value:
+                raise ValueError(f"{self.kind[:-1]} {name!r} is already registered")
+            self._items[name] = value
+            return value
+
+        if obj is not None:
+            return _add(obj)
+        return _add
+
+    def _load_entry_points(self) -> None:
+        if self._entry_points_loaded:
+            return
+        self._entry_points_loaded = True
+        for ep in entry_points(group=self.entry_point_group):
+            loaded = ep.load()
+            if ep.name not in self._items:
+                self._items[ep.name] = loaded() if _is_factory_marker(loaded) else loaded
+
+    def get(self, name: str) -> T:
+        """Return the object registered as ``name`` or raise a one-line error."""
+        self._load_entry_points()
+        try:
+            return self._items[name]
+        except KeyError:
+            known = ", ".join(sorted(self._items)) or "none"
+            raise UserInputError(
+                f"unknown {self.kind[:-1]} {name!r}; registered {self.kind}: {known}"
+            ) from None
+
+    def __contains__(self, name: str) -> bool:
+        self._load_entry_points()
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        self._load_entry_points()
+        return iter(sorted(self._items))
+
+    def list(self, pattern: str = "*") -> list[str]:
+        """Registered names matching a shell-style ``pattern``, sorted."""
+        self._load_entry_points()
+        return sorted(n for n in self._items if fnmatch.fnmatch(n, pattern))
+
+    def items(self) -> list[tuple[str, T]]:
+        self._load_entry_points()
+        return sorted(self._items.items())
+
+
+def _is_factory_marker(obj: object) -> bool:
+    # An entry point may point at a zero-argument builder marked with
+    # ``__manifold_nas_factory__ = True`` so that heavy imports stay lazy.
+    return callable(obj) and getattr(obj, "__manifold_nas_factory__", False)
+
+
+def factory(fn: Callable[[], T]) -> Callable[[], T]:
+    """Mark a zero-argument function as building the registered object."""
+    fn.__manifold_nas_factory__ = True  # type: ignore[attr-defined]
+    return fn

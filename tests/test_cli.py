@@ -1,0 +1,166 @@
+"""The CLI: each bad input is one line on stderr, exit status 2, no traceback."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from manifold_nas.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_config(tmp_path, config, name="cfg.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code, err, *needles):
+    assert code == 2
+    assert "Traceback" not in err
+    lines = [line for line in err.strip().splitlines() if line]
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_unknown_config_key_lists_valid_keys(tmp_path, capsys, tiny_config_dict):
+    tiny_config_dict["search"]["epoch"] = 3
+    code, _, err = run_cli(capsys, "search", write_config(tmp_path, tiny_config_dict), "--quiet")
+    assert_one_line_error(code, err, "'epoch'", "epochs", "batch_size")
+
+
+def test_unknown_top_level_key_is_refused(tmp_path, capsys, tiny_config_dict):
+    tiny_config_dict["sead"] = 1
+    code, _, err = run_cli(capsys, "search", write_config(tmp_path, tiny_config_dict), "--quiet")
+    assert_one_line_error(code, err, "'sead'", "seed")
+
+
+def test_unknown_dataset_option_lists_the_builder_keywords(tmp_path, capsys, tiny_config_dict):
+    tiny_config_dict["data"]["test_fractoin"] = 0.5
+    code, _, err = run_cli(capsys, "search", write_config(tmp_path, tiny_config_dict), "--quiet")
+    assert_one_line_error(code, err, "test_fractoin", "test_fraction")
+
+
+def test_missing_data_path_is_named(tmp_path, capsys, tiny_config_dict):
+    tiny_config_dict["data"] = {"name": "image_folder", "root": str(tmp_path / "nowhere")}
+    code, _, err = run_cli(capsys, "search", write_config(tmp_path, tiny_config_dict), "--quiet")
+    assert_one_line_error(code, err, "nowhere")
+
+
+def test_missing_config_file_is_named(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "search", tmp_path / "absent.yaml")
+    assert_one_line_error(code, err, "absent.yaml")
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "needle"),
+    [("network", "opset", "darts"), ("relaxation", "name", "softmax")],
+)
+def test_unknown_opset_or_relaxation_lists_registered_names(
+    tmp_path, capsys, tiny_config_dict, section, value, needle
+):
+    tiny_config_dict[section][value] = "no_such_thing"
+    code, _, err = run_cli(capsys, "search", write_config(tmp_path, tiny_config_dict), "--quiet")
+    assert_one_line_error(code, err, "no_such_thing", needle)
+
+
+def test_override_on_the_command_line_is_checked_too(tmp_path, capsys, tiny_config_dict):
+    code, _, err = run_cli(
+        capsys, "search", write_config(tmp_path, tiny_config_dict), "search.bogus=1", "--quiet"
+    )
+    assert_one_line_error(code, err, "bogus")
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint at all", b"PK\x03\x04garbage"])
+def test_corrupt_checkpoint_on_resume(tmp_path, capsys, tiny_config_dict, content):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(content)
+    code, _, err = run_cli(
+        capsys,
+        "search",
+        write_config(tmp_path, tiny_config_dict),
+        "--out",
+        out,
+        "--resume",
+        "--quiet",
+    )
+    assert_one_line_error(code, err, "checkpoint")
+
+
+def test_foreign_checkpoint_on_resume(tmp_path, capsys, tiny_config_dict):
+    out = tmp_path / "run"
+    out.mkdir()
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, out / "checkpoint.pt")
+    code, _, err = run_cli(
+        capsys,
+        "search",
+        write_config(tmp_path, tiny_config_dict),
+        "--out",
+        out,
+        "--resume",
+        "--quiet",
+    )
+    assert_one_line_error(code, err, "not written by manifold-nas")
+
+
+def test_genotype_with_unregistered_opset(tmp_path, capsys, tiny_config_dict):
+    genotype = {
+        "format": "manifold-nas-genotype",
+        "version": 1,
+        "opset": "martian_ops",
+        "cells": {"normal": [["zap", 0, 2]]},
+        "config": tiny_config_dict,
+    }
+    path = tmp_path / "genotype.json"
+    path.write_text(__import__("json").dumps(genotype))
+    code, _, err = run_cli(capsys, "train", path, "--quiet")
+    assert_one_line_error(code, err, "martian_ops", "darts")
+
+
+def test_list_shows_every_registry(capsys):
+    code, out, _ = run_cli(capsys, "list")
+    assert code == 0
+    for kind in ("opsets:", "relaxations:", "optimizers:", "selectors:", "datasets:", "networks:"):
+        assert kind in out
+    code, out, _ = run_cli(capsys, "list", "relaxations")
+    assert "sparsemax" in out and "opsets:" not in out
+
+
+def test_search_train_evaluate_plot_end_to_end(tmp_path, capsys, tiny_config_dict):
+    out = tmp_path / "run"
+    code, stdout, _ = run_cli(
+        capsys, "search", write_config(tmp_path, tiny_config_dict), "--out", out, "--quiet"
+    )
+    assert code == 0 and "normal:" in stdout
+    summary = yaml.safe_load((out / "summary.json").read_text())
+    assert summary["parameters"]["derived"] < summary["parameters"]["supernet_weights"]
+    assert run_cli(capsys, "train", out, "--quiet")[0] == 0
+    code, stdout, _ = run_cli(capsys, "evaluate", out)
+    assert code == 0 and "accuracy" in stdout
+    code, stdout, _ = run_cli(capsys, "plot", out)
+    assert code == 0
+    for name in ("alphas.png", "diagnostics.png", "cell_normal.png", "cell_reduce.png"):
+        assert (out / name).stat().st_size > 1000
+
+
+def test_console_script_exits_2_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "manifold_nas", "search", str(tmp_path / "none.yaml")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "none.yaml" in result.stderr

@@ -1,0 +1,442 @@
+"""SPD data: covariance features, SPD data-set validation, registered builders."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+from sklearn.covariance import OAS, LedoitWolf
+
+import domains.spd  # noqa: F401  (registers the builders)
+from domains.spd.covariance import covariance_features, shrinkage_coefficients
+from domains.spd.data import stratified_split
+from domains.spd.validation import encode_labels, validate_spd_dataset
+from manifold_nas.data import DATASETS
+from manifold_nas.errors import UserInputError
+
+SPD_DATASETS = ("japanese_vowels", "basic_motions", "timeseries_files", "spd_files")
+
+
+def random_series(n=5, c=4, t=30, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, c, t))
+
+
+def random_spd(n=10, size=4, seed=0):
+    a = np.random.default_rng(seed).standard_normal((n, size, size))
+    return a @ np.swapaxes(a, -1, -2) + 0.5 * np.eye(size)
+
+
+def assert_spd(x):
+    x = torch.as_tensor(x)
+    assert torch.allclose(x, x.mT, atol=0, rtol=0)
+    assert torch.linalg.eigvalsh(x).min() > 0
+
+
+# ----------------------------------------------------------------- covariance
+
+
+def test_covariance_features_have_shape_n_c_c_and_float64():
+    covs = covariance_features(random_series(n=5, c=4))
+    assert covs.shape == (5, 4, 4)
+    assert covs.dtype == np.float64
+
+
+@pytest.mark.parametrize("shrinkage", ["ledoit_wolf", "oas", 0.3, 1.0, None])
+def test_covariance_features_are_spd_even_with_fewer_steps_than_channels(shrinkage):
+    covs = covariance_features(random_series(n=6, c=8, t=3), shrinkage=shrinkage)
+    assert_spd(covs)
+
+
+def test_covariance_features_are_spd_with_a_constant_channel():
+    series = random_series(n=3, c=4, t=20)
+    series[1, 2] = 7.0
+    for shrinkage in ("ledoit_wolf", None):
+        assert_spd(covariance_features(series, shrinkage=shrinkage))
+
+
+def test_trace_normalize_gives_unit_trace():
+    covs = covariance_features(random_series() * 50.0, trace_normalize=True)
+    np.testing.assert_allclose(np.trace(covs, axis1=-2, axis2=-1), 1.0)
+
+
+def test_no_shrinkage_is_the_maximum_likelihood_covariance():
+    series = random_series(n=1, c=3, t=40)
+    expected = np.cov(series[0], bias=True)
+    np.testing.assert_allclose(covariance_features(series, shrinkage=None)[0], expected)
+
+
+def test_fixed_shrinkage_blends_towards_scaled_identity():
+    series = random_series(n=1, c=3, t=40)
+    s = np.cov(series[0], bias=True)
+    expected = 0.7 * s + 0.3 * np.trace(s) / 3 * np.eye(3)
+    np.testing.assert_allclose(covariance_features(series, shrinkage=0.3)[0], expected)
+
+
+def test_ledoit_wolf_matches_sklearn():
+    sample = random_series(n=1, c=6, t=15, seed=3)
+    fitted = LedoitWolf().fit(sample[0].T)
+    assert shrinkage_coefficients(sample, "ledoit_wolf")[0] == pytest.approx(fitted.shrinkage_)
+    ours = covariance_features(sample, shrinkage="ledoit_wolf")[0]
+    np.testing.assert_allclose(ours, fitted.covariance_, rtol=1e-10)
+
+
+def test_oas_matches_sklearn():
+    sample = random_series(n=1, c=6, t=15, seed=4)
+    fitted = OAS().fit(sample[0].T)
+    assert shrinkage_coefficients(sample, "oas")[0] == pytest.approx(fitted.shrinkage_)
+    np.testing.assert_allclose(covariance_features(sample, shrinkage="oas")[0], fitted.covariance_)
+
+
+def test_ridge_adds_trace_scaled_identity():
+    series = random_series(n=2, c=3, t=40)
+    base = covariance_features(series, shrinkage=None)
+    ridged = covariance_features(series, shrinkage=None, ridge=0.1)
+    mean_eig = np.trace(base, axis1=-2, axis2=-1) / 3
+    np.testing.assert_allclose(ridged - base, 0.1 * mean_eig[:, None, None] * np.eye(3))
+
+
+def test_unequal_lengths_give_one_covariance_per_series():
+    series = [np.random.default_rng(i).standard_normal((3, 10 + 7 * i)) for i in range(4)]
+    covs = covariance_features(series)
+    assert covs.shape == (4, 3, 3)
+    for i, s in enumerate(series):
+        np.testing.assert_allclose(covs[i], covariance_features(s[None])[0])
+
+
+def test_windowing_gives_one_matrix_per_window_as_channels():
+    series = random_series(n=3, c=4, t=50)
+    covs = covariance_features(series, window=10, hop=5, shrinkage=None)
+    assert covs.shape == (3, 1 + (50 - 10) // 5, 4, 4)
+    np.testing.assert_allclose(covs[1, 2], np.cov(series[1][:, 10:20], bias=True))
+    assert_spd(covs)
+
+
+def test_windowing_without_hop_uses_non_overlapping_windows():
+    covs = covariance_features(random_series(n=2, c=3, t=35), window=10)
+    assert covs.shape == (2, 3, 3, 3)
+
+
+def test_windowing_unequal_lengths_uses_the_smallest_window_count():
+    rng = np.random.default_rng(0)
+    series = [rng.standard_normal((3, 20)), rng.standard_normal((3, 40))]
+    covs = covariance_features(series, window=10, hop=5, shrinkage=None)
+    assert covs.shape == (2, 3, 3, 3)
+    # the longer series' windows span it from start to end
+    np.testing.assert_allclose(covs[1, -1], np.cov(series[1][:, 30:40], bias=True))
+
+
+def test_series_with_one_time_step_is_refused_naming_the_sample():
+    series = [np.ones((3, 5)), np.ones((3, 5)), np.ones((3, 1))]
+    with pytest.raises(UserInputError, match="sample 2"):
+        covariance_features(series)
+
+
+def test_series_with_nan_is_refused_naming_the_sample():
+    series = random_series(n=5)
+    series[3, 1, 7] = np.nan
+    with pytest.raises(UserInputError, match="sample 3.*NaN"):
+        covariance_features(series)
+
+
+def test_unknown_shrinkage_is_refused():
+    with pytest.raises(UserInputError, match="shrinkage"):
+        covariance_features(random_series(), shrinkage="ledoit")
+
+
+def test_window_longer_than_a_series_is_refused():
+    with pytest.raises(UserInputError, match="sample 0.*window"):
+        covariance_features(random_series(t=8), window=10)
+
+
+# ----------------------------------------------------------------- validation
+
+
+def test_validation_returns_float64_with_a_channel_axis_and_int64_labels():
+    x, y = validate_spd_dataset(random_spd(6), np.arange(6) % 2, source="mem")
+    assert x.shape == (6, 1, 4, 4) and x.dtype == torch.float64
+    assert y.dtype == torch.int64
+    assert_spd(x)
+
+
+def test_validation_keeps_multichannel_samples():
+    x, _ = validate_spd_dataset(random_spd(12).reshape(6, 2, 4, 4), np.zeros(6), source="mem")
+    assert x.shape == (6, 2, 4, 4)
+
+
+def test_validation_maps_string_labels_to_sorted_codes():
+    labels = np.array(["walk", "run", "walk", "sit"])
+    _, y, classes = validate_spd_dataset(random_spd(4), labels, source="mem", return_classes=True)
+    assert classes == ("run", "sit", "walk")
+    assert y.tolist() == [2, 0, 2, 1]
+
+
+def test_encode_labels_sorts_numeric_strings_numerically_and_jointly():
+    (train, test), classes = encode_labels(["10", "2", "2"], ["1"], source="mem")
+    assert classes == ("1", "2", "10")
+    assert train.tolist() == [2, 1, 1] and test.tolist() == [0]
+
+
+def test_validation_refuses_nan_naming_source_and_sample():
+    x = random_spd(6)
+    x[3, 0, 1] = np.nan
+    with pytest.raises(UserInputError) as err:
+        validate_spd_dataset(x, np.zeros(6), source="covs.npz")
+    message = str(err.value)
+    assert "covs.npz" in message and "sample 3" in message and "NaN" in message
+    assert "\n" not in message
+
+
+def test_validation_refuses_nan_even_when_regularizing():
+    x = random_spd(6)
+    x[4, 2, 2] = np.inf
+    with pytest.raises(UserInputError, match="sample 4.*inf"):
+        validate_spd_dataset(x, np.zeros(6), source="mem", regularize=True)
+
+
+def test_validation_refuses_non_symmetric_sample():
+    x = random_spd(6)
+    x[2, 0, 1] += 1e-3
+    with pytest.raises(UserInputError, match="sample 2 is not symmetric"):
+        validate_spd_dataset(x, np.zeros(6), source="mem")
+
+
+def test_validation_tolerates_relative_rounding_asymmetry():
+    x = random_spd(6) * 1e6
+    x[2, 0, 1] *= 1 + 1e-12
+    validate_spd_dataset(x, np.zeros(6), source="mem")
+
+
+def test_validation_refuses_non_positive_definite_sample():
+    x = random_spd(6)
+    x[1] = np.diag([1.0, 2.0, -0.5, 1.0])
+    with pytest.raises(UserInputError, match="sample 1 is not positive definite"):
+        validate_spd_dataset(x, np.zeros(6), source="mem")
+
+
+def test_validation_reports_the_first_bad_sample():
+    x = random_spd(6)
+    x[4, 0, 0] = np.nan
+    x[2] = -x[2]
+    with pytest.raises(UserInputError, match="sample 2 "):
+        validate_spd_dataset(x, np.zeros(6), source="mem")
+
+
+def test_validation_names_the_channel_of_a_multichannel_sample():
+    x = random_spd(12).reshape(6, 2, 4, 4)
+    x[5, 1] = -x[5, 1]
+    with pytest.raises(UserInputError, match=r"sample 5 \(channel 1\)"):
+        validate_spd_dataset(x, np.zeros(6), source="mem")
+
+
+@pytest.mark.parametrize("shape", [(6, 4, 3), (6, 16), (6, 1, 1, 4, 4)])
+def test_validation_refuses_wrong_shapes(shape):
+    with pytest.raises(UserInputError, match="shape"):
+        validate_spd_dataset(np.ones(shape), np.zeros(6), source="mem")
+
+
+def test_validation_refuses_label_count_mismatch():
+    with pytest.raises(UserInputError, match="6 samples but 5 labels"):
+        validate_spd_dataset(random_spd(6), np.zeros(5), source="mem")
+
+
+def test_regularize_fixes_a_singular_sample_and_logs_a_warning(caplog):
+    x = random_spd(6)
+    v = np.random.default_rng(1).standard_normal((4, 2))
+    x[2] = v @ v.T  # rank 2: PSD but singular
+    x[4, 0, 1] += 1e-3  # asymmetric
+    with pytest.raises(UserInputError, match="sample 2"):
+        validate_spd_dataset(x, np.zeros(6), source="mem")
+    with caplog.at_level(logging.WARNING, logger="manifold_nas"):
+        fixed, _ = validate_spd_dataset(x, np.zeros(6), source="mem", regularize=True)
+    assert_spd(fixed)
+    assert "regularized 2 of 6 samples" in caplog.text
+    np.testing.assert_array_equal(fixed[0, 0].numpy(), x[0])
+
+
+def test_regularize_refuses_a_sample_too_far_from_spd():
+    x = random_spd(3)
+    x[1] = np.diag([5.0, 5.0, 5.0, -5.0])
+    with pytest.raises(UserInputError, match="sample 1"):
+        validate_spd_dataset(x, np.zeros(3), source="mem", regularize=True)
+
+
+# ------------------------------------------------------------------- builders
+
+
+def test_spd_builders_are_registered_with_keyword_defaults():
+    for name in SPD_DATASETS:
+        params = inspect.signature(DATASETS.get(name)).parameters.values()
+        assert all(p.default is not inspect.Parameter.empty for p in params)
+
+
+def test_japanese_vowels_uses_the_official_split():
+    bundle = DATASETS.get("japanese_vowels")()
+    x_train, y_train = bundle.train.tensors
+    x_test, y_test = bundle.test.tensors
+    assert (len(bundle.train), len(bundle.test)) == (270, 370)
+    assert bundle.num_classes == 9 and bundle.sample_shape == (1, 12, 12)
+    assert bundle.dtype == torch.float64 and x_train.dtype == torch.float64
+    assert set(y_train.tolist()) == set(range(9)) == set(y_test.tolist())
+    assert bundle.info["class_names"] == [str(k) for k in range(1, 10)]
+    assert_spd(x_train)
+    assert_spd(x_test)
+
+
+def test_japanese_vowels_windowed_uses_windows_as_channels():
+    bundle = DATASETS.get("japanese_vowels")(window=4, hop=2)
+    assert bundle.sample_shape == (2, 12, 12)
+    assert bundle.test.tensors[0].shape[1:] == (2, 12, 12)
+
+
+def test_basic_motions_uses_the_official_split():
+    bundle = DATASETS.get("basic_motions")()
+    assert (len(bundle.train), len(bundle.test)) == (40, 40)
+    assert bundle.num_classes == 4 and bundle.sample_shape == (1, 6, 6)
+    assert bundle.info["class_names"] == ["badminton", "running", "standing", "walking"]
+    assert_spd(bundle.train.tensors[0])
+
+
+def test_timeseries_files_reads_ts_files():
+    import aeon.datasets
+
+    root = Path(aeon.datasets.__file__).parent / "data" / "BasicMotions"
+    bundle = DATASETS.get("timeseries_files")(
+        path=str(root / "BasicMotions_TRAIN.ts"), test_path=str(root / "BasicMotions_TEST.ts")
+    )
+    assert (len(bundle.train), len(bundle.test), bundle.num_classes) == (40, 40, 4)
+
+
+def test_timeseries_files_reads_npz_and_holds_out_a_stratified_split(tmp_path):
+    file = tmp_path / "series.npz"
+    np.savez(file, X=random_series(n=20, c=3, t=25), y=np.repeat(["a", "b"], 10))
+    bundle = DATASETS.get("timeseries_files")(path=str(file), test_fraction=0.3)
+    assert (len(bundle.train), len(bundle.test)) == (14, 6)
+    assert bundle.test.tensors[1].tolist().count(0) == 3
+    assert bundle.sample_shape == (1, 3, 3)
+
+
+def test_stratified_split_holds_out_each_class_and_is_seeded():
+    labels = np.repeat([0, 1, 2], [10, 5, 1])
+    train, test = stratified_split(labels, 0.3, seed=1)
+    assert np.bincount(labels[test], minlength=3).tolist() == [3, 2, 0]
+    assert sorted([*train, *test]) == list(range(16))
+    assert np.array_equal(test, stratified_split(labels, 0.3, seed=1)[1])
+
+
+@pytest.fixture
+def spd_xy():
+    return random_spd(12, size=3), np.repeat(["left", "right", "up"], 4)
+
+
+def spd_files(**options):
+    return DATASETS.get("spd_files")(**options)
+
+
+def test_spd_files_reads_npz_with_string_labels(tmp_path, spd_xy):
+    x, y = spd_xy
+    np.savez(tmp_path / "train.npz", X=x, y=y)
+    np.savez(tmp_path / "test.npz", X=x[:6], y=y[:6])
+    bundle = spd_files(path=str(tmp_path / "train.npz"), test_path=str(tmp_path / "test.npz"))
+    assert (len(bundle.train), len(bundle.test)) == (12, 6)
+    assert bundle.info["class_names"] == ["left", "right", "up"]
+    assert bundle.sample_shape == (1, 3, 3) and bundle.dtype == torch.float64
+    np.testing.assert_allclose(bundle.train.tensors[0][:, 0].numpy(), x)
+
+
+def test_spd_files_npz_falls_back_to_common_key_names(tmp_path, spd_xy):
+    x, y = spd_xy
+    np.savez(tmp_path / "d.npz", data=x, labels=y)
+    bundle = spd_files(path=str(tmp_path / "d.npz"))
+    assert len(bundle.train) + len(bundle.test) == 12
+
+
+def test_spd_files_missing_key_lists_available_keys(tmp_path, spd_xy):
+    x, y = spd_xy
+    np.savez(tmp_path / "d.npz", covs=x, cls=y)
+    with pytest.raises(UserInputError, match="available keys: covs, cls"):
+        spd_files(path=str(tmp_path / "d.npz"))
+    with pytest.raises(UserInputError, match="'mats' not found.*covs, cls"):
+        spd_files(path=str(tmp_path / "d.npz"), x_key="mats", y_key="cls")
+
+
+@pytest.mark.parametrize("as_dict", [True, False])
+def test_spd_files_reads_pt_dict_or_tuple(tmp_path, spd_xy, as_dict):
+    x, _ = spd_xy
+    xt, yt = torch.from_numpy(x), torch.arange(12) % 3
+    torch.save({"X": xt, "y": yt} if as_dict else (xt, yt), tmp_path / "d.pt")
+    bundle = spd_files(path=str(tmp_path / "d.pt"))
+    assert bundle.num_classes == 3 and len(bundle.train) + len(bundle.test) == 12
+
+
+def test_spd_files_reads_mat(tmp_path, spd_xy):
+    x, _ = spd_xy
+    scipy.io.savemat(tmp_path / "d.mat", {"X": x, "y": np.arange(12) % 3 + 1})
+    bundle = spd_files(path=str(tmp_path / "d.mat"))
+    assert bundle.info["class_names"] == ["1", "2", "3"]
+    assert bundle.sample_shape == (1, 3, 3)
+
+
+def test_spd_files_reads_matlab_layout_n_n_N(tmp_path, spd_xy, caplog):
+    x, y = spd_xy
+    scipy.io.savemat(tmp_path / "d.mat", {"X": np.moveaxis(x, 0, -1), "labels": y})
+    with caplog.at_level(logging.INFO, logger="manifold_nas"):
+        bundle = spd_files(path=str(tmp_path / "d.mat"), test_path=str(tmp_path / "d.mat"))
+    assert "MATLAB layout" in caplog.text
+    np.testing.assert_allclose(bundle.test.tensors[0][:, 0].numpy(), x)
+    assert bundle.info["class_names"] == ["left", "right", "up"]
+
+
+@pytest.mark.parametrize("labels_file", ["labels.npy", "labels.txt"])
+def test_spd_files_reads_npy_with_a_labels_file(tmp_path, spd_xy, labels_file):
+    x, y = spd_xy
+    np.save(tmp_path / "x.npy", x)
+    if labels_file.endswith(".npy"):
+        np.save(tmp_path / labels_file, y)
+    else:
+        (tmp_path / labels_file).write_text("\n".join(y) + "\n")
+    bundle = spd_files(path=str(tmp_path / "x.npy"), labels_path=str(tmp_path / labels_file))
+    assert bundle.info["class_names"] == ["left", "right", "up"]
+
+
+def test_spd_files_npy_without_labels_file_is_refused(tmp_path, spd_xy):
+    np.save(tmp_path / "x.npy", spd_xy[0])
+    with pytest.raises(UserInputError, match="labels_path"):
+        spd_files(path=str(tmp_path / "x.npy"))
+
+
+def test_spd_files_missing_path_names_it(tmp_path):
+    missing = tmp_path / "nowhere.npz"
+    with pytest.raises(UserInputError, match=f"data.path.*{missing.name}"):
+        spd_files(path=str(missing))
+    with pytest.raises(UserInputError, match="data.path is required"):
+        spd_files()
+
+
+def test_spd_files_unknown_extension_lists_supported(tmp_path):
+    (tmp_path / "d.csv").write_text("1,2\n")
+    with pytest.raises(UserInputError, match=r"'\.csv'.*supported: \.npz, \.npy, \.pt, \.mat"):
+        spd_files(path=str(tmp_path / "d.csv"))
+
+
+def test_spd_files_refuses_bad_samples_naming_the_file(tmp_path, spd_xy):
+    x, y = spd_xy
+    x[7, 0, 0] = np.nan
+    np.savez(tmp_path / "d.npz", X=x, y=y)
+    with pytest.raises(UserInputError, match="d.npz: sample 7 contains NaN"):
+        spd_files(path=str(tmp_path / "d.npz"), test_path=str(tmp_path / "d.npz"))
+
+
+def test_spd_files_regularize_repairs_singular_samples(tmp_path, spd_xy):
+    x, y = spd_xy
+    x[0] = np.ones((3, 3))
+    np.savez(tmp_path / "d.npz", X=x, y=y)
+    path = str(tmp_path / "d.npz")
+    with pytest.raises(UserInputError, match="positive definite"):
+        spd_files(path=path, test_path=path)
+    bundle = spd_files(path=path, test_path=path, regularize=True)
+    assert_spd(bundle.train.tensors[0])
