@@ -103,7 +103,7 @@ class Architect:
         return self.loss_fn(out, y)
 
     def _arch_loss(self, params: dict[str, Tensor], x: Tensor, y: Any) -> Tensor:
-        return self._loss(params, x, y) + self.supernet.arch.regularizer()
+        return self._loss(params, x, y) + self.supernet.regularizer()
 
     # -- gradients ----------------------------------------------------------
     def arch_gradient(self, train_batch: tuple[Tensor, Any], val_batch: tuple[Tensor, Any]):

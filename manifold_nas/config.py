@@ -27,6 +27,7 @@ __all__ = [
     "TrainSettings",
     "apply_overrides",
     "call_with_options",
+    "check_options",
     "load_config",
     "parse_config",
 ]
@@ -165,32 +166,24 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
     return result
 
 
-def call_with_options(
-    fn: Callable[..., Any],
-    options: Mapping[str, Any],
-    where: str,
-    *args: Any,
-    skip: Sequence[str] = (),
-) -> Any:
-    """Call ``fn(*args, **options)`` after refusing options ``fn`` does not take."""
-    params = inspect.signature(fn).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        valid = [
-            n
-            for n, p in list(params.items())[len(args) :]
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in skip
-        ]
-        _check_keys(options, valid, f"{where}.")
-    missing = [
-        n
-        for n, p in list(params.items())[len(args) :]
-        if p.default is inspect.Parameter.empty
-        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-        and n not in options
-        and n not in skip
-    ]
+def check_options(
+    fn: Callable[..., Any], options: Mapping[str, Any], where: str, n_positional: int = 0
+) -> None:
+    """Refuse ``options`` that ``fn`` does not take, or required ones that are missing."""
+    params = list(inspect.signature(fn).parameters.items())[n_positional:]
+    keywords = [(n, p) for n, p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for _, p in params):
+        _check_keys(options, [n for n, _ in keywords], f"{where}.")
+    missing = [n for n, p in keywords if p.default is inspect.Parameter.empty and n not in options]
     if missing:
         raise UserInputError(f"config section {where!r} needs key {missing[0]!r}")
+
+
+def call_with_options(
+    fn: Callable[..., Any], options: Mapping[str, Any], where: str, *args: Any
+) -> Any:
+    """Call ``fn(*args, **options)`` after refusing options ``fn`` does not take."""
+    check_options(fn, options, where, len(args))
     return fn(*args, **options)
 
 

@@ -8,6 +8,7 @@ epoch, resumes from it, selects the genotype and writes the run directory.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import time
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 
 from manifold_nas.architect import Architect
 from manifold_nas.checkpoint import load_checkpoint, save_checkpoint
-from manifold_nas.config import Config, call_with_options, split_name
+from manifold_nas.config import Config, call_with_options, check_options, split_name
 from manifold_nas.data import DATASETS, DataBundle
 from manifold_nas.diagnostics import (
     dominant_hessian_eigenvalue,
@@ -170,8 +171,17 @@ class SearchRun:
         relax_name, relax_options = split_name(cfg.relaxation)
         relaxation = call_with_options(RELAXATIONS.get(relax_name), relax_options, "relaxation")
         arch = ArchitectureParameters(network.arch_specs, relaxation, opset.dtype or torch.float32)
-        supernet = Supernet(network, arch).to(self.device)
         s = cfg.search
+        penalty = None
+        if s.arch_penalty:
+            if not hasattr(network, "cost_penalty"):
+                raise UserInputError(
+                    f"search.arch_penalty is set but network {cfg.network['name']!r} declares no costs"
+                )
+            options = dict(s.arch_penalty)
+            check_options(network.cost_penalty, options, "search.arch_penalty", n_positional=1)
+            penalty = functools.partial(network.cost_penalty, **options)
+        supernet = Supernet(network, arch, penalty).to(self.device)
         w_name, w_opts = split_name(s.weight_optimizer)
         a_name, a_opts = split_name(s.arch_optimizer)
         weight_optimizer = build_optimizer(w_name, supernet.weight_parameters(), **w_opts)

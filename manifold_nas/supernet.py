@@ -16,7 +16,7 @@ they are checkpointed with the model.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -97,10 +97,27 @@ class ArchitectureParameters(nn.Module):
 class Supernet(nn.Module):
     """``network(x, arch.weights())`` with the two parameter groups kept apart."""
 
-    def __init__(self, network: nn.Module, arch: ArchitectureParameters) -> None:
+    def __init__(
+        self,
+        network: nn.Module,
+        arch: ArchitectureParameters,
+        penalty: Callable[[Mapping[str, Tensor]], Tensor] | None = None,
+    ) -> None:
         super().__init__()
         self.network = network
         self.arch = arch
+        self.penalty = penalty
+
+    def regularizer(self) -> Tensor:
+        """The relaxation's term plus the optional cost penalty on the probabilities."""
+        total = self.arch.regularizer()
+        if self.penalty is not None:
+            probabilities = {
+                name: self.arch.relaxation.probabilities(alpha)
+                for name, alpha in self.arch.alphas.items()
+            }
+            total = total + self.penalty(probabilities)
+        return total
 
     @property
     def specs(self) -> dict[str, ArchSpec]:

@@ -69,7 +69,9 @@ class Vectorize(nn.Module):
 def _head(channels: int, n: int, num_classes: int, flatten: str) -> nn.Sequential:
     vectorize = Vectorize(n, flatten)
     return nn.Sequential(
-        LogEig(), vectorize, nn.Linear(vectorize.features(channels), num_classes, dtype=torch.float64)
+        LogEig(),
+        vectorize,
+        nn.Linear(vectorize.features(channels), num_classes, dtype=torch.float64),
     )
 
 
@@ -82,7 +84,9 @@ def preprocess_block(
     return nn.Sequential(
         ReEig(),
         BiMap(c_in, c_out, n_in, n_out),
-        SPDBatchNorm(n_out, channels=channels, max_iter=int(bn_options.get("bn_iters", 1)), tol=0.0),
+        SPDBatchNorm(
+            n_out, channels=channels, max_iter=int(bn_options.get("bn_iters", 1)), tol=0.0
+        ),
     )
 
 
@@ -158,7 +162,9 @@ class SPDNetNAS(nn.Module):
         bn = {"bn_channels": bn_channels, "bn_iters": bn_iters}
         self.stem = nn.Sequential(
             BiMap(in_channels, stem_channels, n, n),
-            SPDBatchNorm(n, channels=stem_channels if bn_channels else None, max_iter=bn_iters, tol=0.0),
+            SPDBatchNorm(
+                n, channels=stem_channels if bn_channels else None, max_iter=bn_iters, tol=0.0
+            ),
         )
         (c_pp, n_pp), (c_p, n_p) = (stem_channels, n), (stem_channels, n)
         self.cells = nn.ModuleList()
@@ -263,8 +269,19 @@ def build_spdnetnas(
     """
     c_in, n = _input_shape(data)
     return SPDNetNAS(
-        opset, c_in, n, data.num_classes, genotype, cells, nodes, channels, n_out,
-        stem_channels, flatten, bn_channels, bn_iters,
+        opset,
+        c_in,
+        n,
+        data.num_classes,
+        genotype,
+        cells,
+        nodes,
+        channels,
+        n_out,
+        stem_channels,
+        flatten,
+        bn_channels,
+        bn_iters,
     )
 
 
@@ -293,6 +310,10 @@ def build_spdnetbn(
     """SPDNetBN: SPDNet with Riemannian batch norm after every BiMap."""
     c_in, n = _input_shape(data)
     return SPDNet(
-        c_in, data.num_classes, _dims(dims, n), batch_norm=True, flatten=flatten,
+        c_in,
+        data.num_classes,
+        _dims(dims, n),
+        batch_norm=True,
+        flatten=flatten,
         bn_iters=bn_iters,
     )

@@ -102,7 +102,7 @@ __all__ = [
 NORMAL_OPS = ("none", "WeightedPooling", "BiMap_0", "BiMap_1", "BiMap_2", "Skip")
 REDUCE_OPS = ("none", "AvgPooling", "MaxPooling", "BiMap_1", "BiMap_2", "Skip_reduced")
 
-MIX_MAX_ITER = 5
+MIX_MAX_ITER = 3
 """Karcher-flow budget of the mixing and aggregation means."""
 MIX_TOL = 1e-6
 """Stop the Karcher flow once the whitened tangent norm falls below this."""
@@ -207,7 +207,9 @@ class LogPooling(nn.Module):
         if self.n_in != self.n_out:
             size = (self.n_out, self.n_out)
             return (
-                F.adaptive_avg_pool2d(L, size) if self.mode == "avg" else F.adaptive_max_pool2d(L, size)
+                F.adaptive_avg_pool2d(L, size)
+                if self.mode == "avg"
+                else F.adaptive_max_pool2d(L, size)
             )
         if self.mode == "avg":
             return F.avg_pool2d(L, 3, stride=1, padding=1, count_include_pad=False)

@@ -18,7 +18,7 @@ from manifold_nas.genotype import Genotype
 from manifold_nas.networks import NETWORKS
 from manifold_nas.opset import OpSet
 
-__all__ = ["DartsNetwork", "NB201Network", "reduction_positions"]
+__all__ = ["DartsNetwork", "NB201Network", "SimpleCNN", "reduction_positions"]
 
 
 def reduction_positions(layers: int) -> tuple[int, ...]:
@@ -210,3 +210,44 @@ def build_nb201_network(
     return NB201Network(
         opset, data.sample_shape[0], data.num_classes, genotype, channels, cells_per_stage
     )
+
+
+class SimpleCNN(nn.Module):
+    """A hand-designed baseline: conv-BN-ReLU blocks, two stride-2 stages, pooling head."""
+
+    def __init__(
+        self, in_channels: int, num_classes: int, channels: int = 16, depth: int = 2
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in, c = in_channels, channels
+        for stage in range(3):
+            for block in range(depth):
+                stride = 2 if stage > 0 and block == 0 else 1
+                layers += [
+                    nn.Conv2d(c_in, c, 3, stride, 1, bias=False),
+                    nn.BatchNorm2d(c),
+                    nn.ReLU(),
+                ]
+                c_in = c
+            c *= 2
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes)
+        )
+        self.arch_specs: dict[str, ArchSpec] = {}
+
+    def forward(self, x: Tensor, arch_weights: Mapping[str, Tensor] | None = None) -> Tensor:
+        return self.head(self.features(x))
+
+
+@NETWORKS.register("simple_cnn")
+def build_simple_cnn(
+    opset: OpSet,
+    data: DataBundle,
+    genotype: Genotype | None = None,
+    channels: int = 16,
+    depth: int = 2,
+) -> SimpleCNN:
+    """A hand-designed CNN baseline (no search space; the op set is ignored)."""
+    return SimpleCNN(data.sample_shape[0], data.num_classes, channels, depth)

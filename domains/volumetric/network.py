@@ -425,12 +425,15 @@ def build_vnas_network(
         through_plane_axis=through_plane_axis,
         opset=opset,
     )
-    if genotype is not None:
-        return network.derive(choices_from_genotype(genotype))
     if fixed_op is not None:
+        # ``manifold-nas train`` passes an empty genotype for a fixed network
+        if genotype is not None and genotype.cells:
+            raise UserInputError("give either a genotype or network.fixed_op, not both")
         if fixed_op not in network.candidate_ops:
             raise UserInputError(
                 f"fixed_op {fixed_op!r} is not among the ops {network.candidate_ops}"
             )
         return network.derive(baseline_choices(network, fixed_op))
+    if genotype is not None:
+        return network.derive(choices_from_genotype(genotype))
     return network

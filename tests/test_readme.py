@@ -1,0 +1,33 @@
+"""The README's op-set registration example runs as written."""
+
+import re
+from pathlib import Path
+
+from manifold_nas.opset import OPSETS
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def python_block_after(heading: str) -> str:
+    text = README.read_text()
+    section = text[text.index(heading) :]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_opset_example_registers_and_searches(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code = python_block_after("## Registering an op set")
+    try:
+        exec(compile(code, "README.md", "exec"), {"__name__": "readme_example"})
+        assert "tiny" in OPSETS.list()
+        assert "opset tiny" in capsys.readouterr().out
+        assert (tmp_path / "runs" / "tiny" / "genotype.json").is_file()
+    finally:
+        OPSETS._items.pop("tiny", None)
+
+
+def test_readme_spd_ops_example_runs(capsys):
+    exec(
+        compile(python_block_after("## `spd_ops`"), "README.md", "exec"), {"__name__": "readme_spd"}
+    )
+    assert "torch.Size([12, 12])" in capsys.readouterr().out
