@@ -29,7 +29,9 @@ def load_trained_network(run_dir: str | Path):
             f"{run_dir} has no retrained network; run: manifold-nas train {run_dir}"
         )
     bundle = build_data(config)
-    network, opset = build_network(config, bundle, genotype, extra=config.train.network)
+    network, opset = build_network(
+        config, bundle, genotype if genotype.cells else None, extra=config.train.network
+    )
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         network.load_state_dict(state)

@@ -97,28 +97,37 @@ def plot_cell(genotype: Genotype, cell_type: str, out: Path) -> Path:
     """The derived cell as a left-to-right DAG with op-labelled edges."""
     plt = _pyplot()
     edges = genotype.cells[cell_type]
-    nodes = sorted({e.source for e in edges} | {e.target for e in edges})
     n_inputs = min((e.target for e in edges), default=1)
+    nodes = sorted({e.source for e in edges} | {e.target for e in edges} | set(range(n_inputs)))
     pos = {}
     for node in nodes:
         if node < n_inputs:
-            pos[node] = (0.0, float(node))
+            pos[node] = (0.0, float(n_inputs - 1 - node) * 1.5)
         else:
-            pos[node] = (1.0 + node - n_inputs, (n_inputs - 1) / 2 + 0.6 * ((node % 2) - 0.5))
-    fig, ax = plt.subplots(figsize=(2.2 + 1.6 * len(nodes), 3))
+            step = node - n_inputs
+            pos[node] = (1.5 * (step + 1), 0.75 * (n_inputs - 1) + (0.6 if step % 2 else -0.6))
+    fig, ax = plt.subplots(figsize=(2.5 + 2.0 * len(nodes), 3.5))
     for e in edges:
         (x0, y0), (x1, y1) = pos[e.source], pos[e.target]
-        ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops={"arrowstyle": "->", "lw": 1})
+        ax.annotate(
+            "",
+            xy=(x1, y1),
+            xytext=(x0, y0),
+            arrowprops={"arrowstyle": "->", "lw": 1, "shrinkA": 14, "shrinkB": 14},
+        )
         ax.text((x0 + x1) / 2, (y0 + y1) / 2, e.op, fontsize=7, ha="center", va="bottom")
     for node, (x, y) in pos.items():
         label = f"in {node}" if node < n_inputs else f"node {node}"
         color = "#cde" if node < n_inputs else "#fed"
         ax.text(x, y, label, ha="center", va="center", bbox={"boxstyle": "round", "fc": color})
+    xs = [x for x, _ in pos.values()]
+    ys = [y for _, y in pos.values()]
+    ax.set_xlim(min(xs) - 0.7, max(xs) + 0.7)
+    ax.set_ylim(min(ys) - 0.9, max(ys) + 0.9)
     ax.set_title(f"{cell_type} cell ({genotype.opset})")
     ax.axis("off")
-    ax.margins(0.15)
     path = out / f"cell_{cell_type}.png"
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 

@@ -82,7 +82,19 @@ def build_network(
     opset = OPSETS.get(options.pop("opset"))
     options.update(extra or {})
     builder = NETWORKS.get(name)
-    network = call_with_options(builder, options, "network", opset, bundle, genotype)
+    if genotype is not None and genotype.cells and genotype.opset != opset.name:
+        raise UserInputError(
+            f"genotype was searched with op set {genotype.opset!r} but the network uses {opset.name!r}"
+        )
+    try:
+        network = call_with_options(builder, options, "network", opset, bundle, genotype)
+    except KeyError as err:
+        if genotype is None:
+            raise
+        raise UserInputError(
+            f"genotype has no cell type {err.args[0]!r} that network {name!r} needs; "
+            f"it has {', '.join(genotype.cells) or 'none'}"
+        ) from None
     if opset.dtype is not None:
         network = network.to(opset.dtype)
     return network, opset

@@ -16,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from manifold_nas.config import Config, split_name
+from manifold_nas.errors import UserInputError
 from manifold_nas.genotype import Genotype
 from manifold_nas.optim import build_optimizer
 from manifold_nas.search import (
@@ -40,7 +41,15 @@ def train_derived(
     seed_everything(config.seed)
     device = torch.device(config.device)
     bundle = build_data(config)
-    network, opset = build_network(config, bundle, genotype, extra=config.train.network)
+    fixed = not genotype.cells
+    network, opset = build_network(
+        config, bundle, None if fixed else genotype, extra=config.train.network
+    )
+    if fixed and getattr(network, "arch_specs", None):
+        raise UserInputError(
+            f"network {config.network['name']!r} is a search space; run 'manifold-nas search' "
+            "first, then train the run directory or its genotype.json"
+        )
     network = network.to(device)
     t = config.train
     name, options = split_name(t.optimizer)

@@ -164,3 +164,22 @@ def test_console_script_exits_2_without_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "none.yaml" in result.stderr
+
+
+def test_training_a_search_space_config_asks_for_a_search_first(tmp_path, capsys, tiny_config_dict):
+    code, _, err = run_cli(capsys, "train", write_config(tmp_path, tiny_config_dict), "--quiet")
+    assert_one_line_error(code, err, "search space", "manifold-nas search")
+
+
+def test_genotype_that_does_not_fit_the_network_is_refused(tmp_path, capsys, tiny_config_dict):
+    genotype = {
+        "format": "manifold-nas-genotype",
+        "version": 1,
+        "opset": "darts",
+        "cells": {"cell": [["skip_connect", 0, 1]]},
+        "config": tiny_config_dict,
+    }
+    path = tmp_path / "genotype.json"
+    path.write_text(__import__("json").dumps(genotype))
+    code, _, err = run_cli(capsys, "train", path, "--quiet")
+    assert_one_line_error(code, err, "'normal'")
