@@ -184,7 +184,15 @@ def call_with_options(
 ) -> Any:
     """Call ``fn(*args, **options)`` after refusing options ``fn`` does not take."""
     check_options(fn, options, where, len(args))
-    return fn(*args, **options)
+    try:
+        return fn(*args, **options)
+    except UserInputError:
+        raise
+    except ValueError as err:
+        # Builders validate their options with ValueError; coming from a
+        # config, that is the user's input, so say which section it was.
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserInputError(f"config section {where!r}: {message}") from err
 
 
 def split_name(section: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -63,11 +63,13 @@ def plot_alphas(epochs: list[dict[str, Any]], ops: dict[str, tuple[str, ...]], o
         ax.tick_params(labelsize=6)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
-    if panels:
-        handles, labels = axes.flat[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=7)
+    # Cell types may have different candidate ops: one legend per cell type,
+    # on its first panel.
+    for name in names:
+        first = next(ax for ax, (n, _) in zip(axes.flat, panels) if n == name)
+        first.legend(fontsize=6, loc="upper left", ncol=2, title=name, title_fontsize=6)
     fig.suptitle("architecture probabilities per epoch")
-    fig.tight_layout(rect=(0, 0.06, 1, 0.96))
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     path = out / "alphas.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -183,3 +183,9 @@ def test_genotype_that_does_not_fit_the_network_is_refused(tmp_path, capsys, tin
     path.write_text(__import__("json").dumps(genotype))
     code, _, err = run_cli(capsys, "train", path, "--quiet")
     assert_one_line_error(code, err, "'normal'")
+
+
+def test_invalid_option_value_names_the_config_section(tmp_path, capsys, tiny_config_dict):
+    tiny_config_dict["relaxation"] = {"name": "softmax", "temperature": -1}
+    code, _, err = run_cli(capsys, "search", write_config(tmp_path, tiny_config_dict), "--quiet")
+    assert_one_line_error(code, err, "'relaxation'", "temperature")

@@ -440,3 +440,18 @@ def test_spd_files_regularize_repairs_singular_samples(tmp_path, spd_xy):
         spd_files(path=path, test_path=path)
     bundle = spd_files(path=path, test_path=path, regularize=True)
     assert_spd(bundle.train.tensors[0])
+
+
+def test_augment_mean_embeds_the_gaussian_as_an_spd_matrix_one_larger():
+    rng = np.random.default_rng(0)
+    series = rng.normal(loc=3.0, size=(5, 4, 30))
+    plain = covariance_features(series, shrinkage=0.1)
+    augmented = covariance_features(series, shrinkage=0.1, augment_mean=True)
+    assert augmented.shape == (5, 5, 5)
+    mu = series.mean(axis=2)
+    np.testing.assert_allclose(augmented[:, :4, 4], mu)
+    np.testing.assert_allclose(augmented[:, 4, 4], 1.0)
+    np.testing.assert_allclose(
+        augmented[:, :4, :4] - mu[:, :, None] * mu[:, None, :], plain, atol=1e-12
+    )
+    assert (np.linalg.eigvalsh(augmented)[:, 0] > 0).all()

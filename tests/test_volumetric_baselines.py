@@ -85,3 +85,8 @@ def test_vnas_fixed_op_builds_the_all_op_backbone_from_the_empty_genotype(op):
     )
     assert net.choices == (op,) * net.n_cells
     assert net(torch.randn(1, 1, 16, 16, 8)).shape == (1, 3, 16, 16, 8)
+
+
+def test_vnas_fixed_backbone_has_no_architecture_parameters():
+    net = NETWORKS.get("vnas")(VOLUMETRIC_OPSET, bundle(), channels=(4, 8), fixed_op="conv3d")
+    assert net.arch_specs == {}

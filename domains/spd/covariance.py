@@ -48,6 +48,7 @@ def covariance_features(
     hop: int | None = None,
     ridge: float = 0.0,
     center: bool = True,
+    augment_mean: bool = False,
 ) -> np.ndarray:
     """SPD covariance matrices of multivariate time series.
 
@@ -77,11 +78,20 @@ def covariance_features(
     center:
         Subtract each channel's mean first (``False`` for data known to be
         zero-mean).
+    augment_mean:
+        Embed the Gaussian :math:`\mathcal N(\mu, S)` of each series as the
+        ``(c + 1) x (c + 1)`` SPD matrix
+        :math:`\begin{pmatrix} S + \mu\mu^\top & \mu \\ \mu^\top & 1 \end{pmatrix}`
+        (Lovrić et al.; Calvo & Oller), which is SPD whenever ``S`` is (its
+        Schur complement is ``S``). A plain covariance discards the channel
+        means, which carry most of the class information in short series
+        such as JapaneseVowels.
 
     Returns
     -------
     np.ndarray
-        Float64 ``(N, c, c)``, or ``(N, W, c, c)`` with ``window``: symmetric
+        Float64 ``(N, c, c)``, or ``(N, W, c, c)`` with ``window`` (``c + 1``
+        instead of ``c`` with ``augment_mean``): symmetric
         and positive definite. Matrices that are still numerically singular
         after shrinkage and ``ridge`` (possible with ``shrinkage=None`` and
         fewer time steps than channels, or with a constant channel) receive
@@ -103,12 +113,15 @@ def covariance_features(
         segments, windows_per_sample = _cut_windows(samples, window, hop or window)
 
     covs = np.empty((len(segments), samples[0].shape[0], samples[0].shape[0]))
+    means = np.empty((len(segments), samples[0].shape[0]))
     # Samples of one length are stacked and processed together: the loop runs
     # over distinct lengths, not over samples.
     lengths = np.array([s.shape[1] for s in segments])
     for length in np.unique(lengths):
         idx = np.flatnonzero(lengths == length)
-        covs[idx] = _shrunk_covariance(np.stack([segments[i] for i in idx]), shrinkage, center)
+        batch = np.stack([segments[i] for i in idx])
+        covs[idx] = _shrunk_covariance(batch, shrinkage, center)
+        means[idx] = batch.mean(axis=2)
 
     mean_eig = np.trace(covs, axis1=-2, axis2=-1) / covs.shape[-1]
     zero = np.flatnonzero(mean_eig <= 0)
@@ -126,12 +139,24 @@ def covariance_features(
     singular = lam_min <= _SINGULAR_RTOL * mean_eig
     if singular.any():
         covs[singular] += _AUTO_RIDGE * mean_eig[singular, None, None] * eye
+    if augment_mean:
+        covs = _gaussian_embedding(covs, means)
     if trace_normalize:
         covs /= np.trace(covs, axis1=-2, axis2=-1)[:, None, None]
 
     if windows_per_sample is not None:
         covs = covs.reshape(len(samples), windows_per_sample, *covs.shape[1:])
     return covs
+
+
+def _gaussian_embedding(covs: np.ndarray, means: np.ndarray) -> np.ndarray:
+    n, c = means.shape
+    out = np.empty((n, c + 1, c + 1))
+    out[:, :c, :c] = covs + means[:, :, None] * means[:, None, :]
+    out[:, :c, c] = means
+    out[:, c, :c] = means
+    out[:, c, c] = 1.0
+    return out
 
 
 def shrinkage_coefficients(batch: np.ndarray, method: str, center: bool = True) -> np.ndarray:

@@ -62,6 +62,7 @@ def japanese_vowels(
     hop: int | None = None,
     ridge: float = 0.0,
     center: bool = True,
+    augment_mean: bool = False,
 ) -> DataBundle:
     """UEA JapaneseVowels: 12 LPC channels, 7–29 steps, 9 speakers, 270/370.
 
@@ -80,6 +81,7 @@ def basic_motions(
     hop: int | None = None,
     ridge: float = 0.0,
     center: bool = True,
+    augment_mean: bool = False,
 ) -> DataBundle:
     """UEA BasicMotions: 6 accelerometer/gyroscope channels, 100 steps, 4 classes, 40/40."""
     return _aeon_bundle("basic_motions", "BasicMotions", **_locals_cov(locals()))
@@ -101,6 +103,7 @@ def timeseries_files(
     hop: int | None = None,
     ridge: float = 0.0,
     center: bool = True,
+    augment_mean: bool = False,
 ) -> DataBundle:
     """Multivariate time series from disk, turned into covariance matrices.
 
@@ -303,7 +306,7 @@ def _bundle(
 
 
 def _locals_cov(values: dict[str, Any]) -> dict[str, Any]:
-    keys = ("shrinkage", "trace_normalize", "window", "hop", "ridge", "center")
+    keys = ("shrinkage", "trace_normalize", "window", "hop", "ridge", "center", "augment_mean")
     return {k: values[k] for k in keys}
 
 

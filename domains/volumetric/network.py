@@ -243,7 +243,12 @@ class VolumetricNet(nn.Module):
 
     @property
     def arch_specs(self) -> dict[str, ArchSpec]:
-        """One row per cell; each row is its own single-edge node (``keep=1``)."""
+        """One row per cell; each row is its own single-edge node (``keep=1``).
+
+        Empty for a derived network (``choices`` given): it has nothing to search.
+        """
+        if self.choices is not None:
+            return {}
         edges = tuple((0, i + 1) for i in range(self.n_cells))
         return {ARCH_KEY: ArchSpec(ops=self.candidate_ops, edges=edges, n_inputs=1, keep=1)}
 
