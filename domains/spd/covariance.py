@@ -79,9 +79,9 @@ def covariance_features(
         Subtract each channel's mean first (``False`` for data known to be
         zero-mean).
     augment_mean:
-        Embed the Gaussian :math:`\mathcal N(\mu, S)` of each series as the
+        Embed the Gaussian :math:`\\mathcal N(\\mu, S)` of each series as the
         ``(c + 1) x (c + 1)`` SPD matrix
-        :math:`\begin{pmatrix} S + \mu\mu^\top & \mu \\ \mu^\top & 1 \end{pmatrix}`
+        :math:`\begin{pmatrix} S + \\mu\\mu^\top & \\mu \\ \\mu^\top & 1 \\end{pmatrix}`
         (Lovrić et al.; Calvo & Oller), which is SPD whenever ``S`` is (its
         Schur complement is ``S``). A plain covariance discards the channel
         means, which carry most of the class information in short series
