@@ -25,16 +25,20 @@ class TinyMixture(nn.Module):
         self.a = nn.Parameter(torch.randn(4, 4, dtype=torch.float64, generator=g) * 0.5)
         self.b = nn.Parameter(torch.randn(4, dtype=torch.float64, generator=g))
         q, _ = torch.linalg.qr(torch.randn(4, 4, dtype=torch.float64, generator=g))
+        m = torch.randn(4, 4, dtype=torch.float64, generator=g)
+        spd = m @ m.T / 4 + torch.eye(4, dtype=torch.float64)
         if stiefel:
             self.q = geoopt.ManifoldParameter(q, manifold=geoopt.Stiefel(canonical=False))
+            self.s = geoopt.ManifoldParameter(spd, manifold=geoopt.SymmetricPositiveDefinite())
         else:
             self.q = nn.Parameter(q)
+            self.s = nn.Parameter(spd)
         self.head = nn.Linear(4, 3).double()
 
     def forward(self, x, arch_weights):
         w = arch_weights["cell"]
         for row in w:
-            candidates = [torch.tanh(x @ self.a), x * self.b, x @ self.q]
+            candidates = [torch.tanh(x @ self.a), x * self.b, x @ self.q @ self.s]
             x = sum(wk * c for wk, c in zip(row, candidates))
         return self.head(x)
 
@@ -67,8 +71,11 @@ def exact_unrolled_gradient(supernet, loss_fn, xi, train, val):
             stepped[name] = w - xi * g
         else:
             plain = w.as_subclass(torch.Tensor)
-            assert isinstance(manifold, geoopt.EuclideanStiefel)
-            stepped[name] = qr_retraction(plain, -xi * manifold.egrad2rgrad(plain, g))
+            direction = -xi * manifold.egrad2rgrad(plain, g)
+            if isinstance(manifold, geoopt.EuclideanStiefel):
+                stepped[name] = qr_retraction(plain, direction)
+            else:
+                stepped[name] = manifold.retr(plain, direction)
     val_loss = (
         loss_fn(functional_call(supernet, {**stepped, **arch}, (val[0],)), val[1])
         + supernet.arch.regularizer()
@@ -103,7 +110,7 @@ def relative_error(a, b):
     return float((a - b).norm() / b.norm())
 
 
-@pytest.mark.parametrize("stiefel", [False, True], ids=["euclidean", "stiefel"])
+@pytest.mark.parametrize("stiefel", [False, True], ids=["euclidean", "stiefel_and_spd"])
 def test_second_order_gradient_matches_the_exact_unrolled_gradient(stiefel):
     supernet, train, val = make(stiefel, SoftmaxRelaxation())
     xi = 0.01

@@ -160,7 +160,8 @@ def test_riemannian_sgd_step_keeps_every_bimap_weight_orthonormal(bundle):
         assert torch.allclose(w.mT @ w, eye.expand_as(w.mT @ w), atol=1e-10)
 
 
-def test_tiny_search_on_basic_motions_yields_a_genotype_of_the_right_ops(tmp_path):
+@pytest.mark.parametrize("order", ["first", "second"])
+def test_tiny_search_on_basic_motions_yields_a_genotype_of_the_right_ops(tmp_path, order):
     config = parse_config(
         {
             "seed": 0,
@@ -171,6 +172,7 @@ def test_tiny_search_on_basic_motions_yields_a_genotype_of_the_right_ops(tmp_pat
                 "epochs": 1,
                 "batch_size": 8,
                 "max_steps_per_epoch": 2,
+                "order": order,
                 "weight_optimizer": {"name": "riemannian_sgd", "lr": 0.025},
             },
         }
