@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import random
 import time
 from collections.abc import Iterator, Mapping
@@ -42,6 +43,8 @@ from manifold_nas.plugins import load_builtin_domains
 from manifold_nas.relaxations import RELAXATIONS
 from manifold_nas.selection import SELECTORS, SelectionContext
 from manifold_nas.supernet import ArchitectureParameters, Supernet
+
+LOGGER = logging.getLogger("manifold_nas")
 
 __all__ = [
     "SearchRun",
@@ -416,7 +419,7 @@ class SearchRun:
         o.supernet.train()
         return metrics
 
-    def _hessian_eigenvalue(self) -> float:
+    def _hessian_eigenvalue(self) -> float | None:
         o = self.objects
         x, y = self._unpack(next(iter(self._valid_loader())))
         params = list(o.supernet.arch_parameters())
@@ -424,7 +427,13 @@ class SearchRun:
         def loss() -> Tensor:
             return o.bundle.task.loss(o.supernet(x), y)
 
-        return dominant_hessian_eigenvalue(loss, params, iterations=10)
+        try:
+            return dominant_hessian_eigenvalue(loss, params, iterations=10)
+        except RuntimeError as err:
+            # Ops with a first-order-only backward (the SPD eigen-functions)
+            # cannot give Hessian-vector products; the search goes on.
+            LOGGER.warning("no Hessian eigenvalue: the op set is not twice differentiable (%s)", err)
+            return None
 
     # -- selection -------------------------------------------------------------
     def select(self) -> Genotype:

@@ -227,3 +227,11 @@ def test_opset_from_an_installed_entry_point_is_found_and_searched(
     assert genotype.opset == "tiny_plugin"
     assert {e.op for edges in genotype.cells.values() for e in edges} <= {"conv", "skip"}
     monkeypatch.delitem(OPSETS._items, "tiny_plugin")
+
+
+def test_hessian_eigenvalue_is_logged_per_epoch(tiny_config_dict, tmp_path):
+    tiny_config_dict["search"].update(epochs=1, hessian_eigenvalue=True)
+    run = SearchRun(parse_config(tiny_config_dict), tmp_path, quiet=True)
+    run.train_epoch()
+    value = run.history[-1]["hessian_eigenvalue"]
+    assert isinstance(value, float) and value == value
