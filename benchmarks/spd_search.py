@@ -4,8 +4,8 @@ Rows, each over ``--seeds`` seeds (mean ± std of test accuracy):
 
 * ``SPDNetNAS (searched)``: search with ``configs/spd/japanese_vowels.yaml``,
   then retrain the derived cell from scratch;
-* ``SPDNetNAS (random)``: a random architecture from the same space (per node
-  two distinct inputs, a random non-``none`` op on each), retrained the same way;
+* ``SPDNetNAS (random)``: a random architecture from the same space
+  (:func:`benchmarks.common.random_genotype`), retrained the same way;
 * ``SPDNet`` / ``SPDNetBN`` (ours): ``configs/spd/spdnet*_japanese_vowels.yaml``;
 * ``spd-learn SPDNet``: ``spd_learn.models.SPDNet`` on the same covariances,
   trained with the same optimizer, epochs and batch size as our SPDNet;
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import sys
 import tempfile
@@ -38,33 +37,19 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from manifold_nas.cell import ChosenEdge  # noqa: E402
-from manifold_nas.config import Config, load_config  # noqa: E402
+from benchmarks.common import random_genotype  # noqa: E402
+from manifold_nas.config import load_config  # noqa: E402
 from manifold_nas.genotype import Genotype  # noqa: E402
-from manifold_nas.search import SearchRun, build_data, seed_everything  # noqa: E402
+from manifold_nas.search import (  # noqa: E402
+    SearchRun,
+    build_data,
+    build_network,
+    seed_everything,
+)
 from manifold_nas.training import train_derived  # noqa: E402
 
 CONFIGS = ROOT / "configs" / "spd"
 QUICK = ["search.epochs=1", "search.max_steps_per_epoch=2", "train.epochs=3"]
-
-
-def random_genotype(config: Config, seed: int) -> Genotype:
-    """Two distinct inputs per node, a random non-``none`` op on each."""
-    from domains.spd.ops import NORMAL_OPS, REDUCE_OPS
-
-    rng = random.Random(seed)
-    nodes = int(config.network.get("nodes", 2))
-    cells = {}
-    for cell_type, ops in (("normal", NORMAL_OPS), ("reduce", REDUCE_OPS)):
-        edges = []
-        for node in range(nodes):
-            target = 2 + node
-            for source in rng.sample(range(target), 2):
-                edges.append(
-                    ChosenEdge(rng.choice([o for o in ops if o != "none"]), source, target)
-                )
-        cells[cell_type] = tuple(edges)
-    return Genotype(opset="spd", cells=cells, config=config.to_dict())
 
 
 def run_searched(seed: int, overrides: list[str]) -> dict[str, Any]:
@@ -79,7 +64,8 @@ def run_searched(seed: int, overrides: list[str]) -> dict[str, Any]:
 
 def run_random(seed: int, overrides: list[str]) -> dict[str, Any]:
     config = load_config(CONFIGS / "japanese_vowels.yaml", [f"seed={seed}", *overrides])
-    genotype = random_genotype(config, seed)
+    network, opset = build_network(config, build_data(config))
+    genotype = random_genotype(network.arch_specs, opset.name, opset.zero, seed)
     return _row(train_derived(genotype, config, quiet=True), 0.0, genotype.describe())
 
 
@@ -176,7 +162,7 @@ def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "accuracy_mean": statistics.mean(acc),
         "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
-        "parameters": runs[0]["parameters"],
+        "parameters": statistics.mean(r["parameters"] for r in runs),
         "search_seconds": statistics.mean(r["search_seconds"] for r in runs),
         "train_seconds": statistics.mean(r["train_seconds"] for r in runs),
         "runs": runs,
@@ -227,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, row in results.items():
         print(
             f"| {name} | {100 * row['accuracy_mean']:.2f} ± {100 * row['accuracy_std']:.2f} "
-            f"| {row['parameters']} | {row['search_seconds']:.0f} | {row['train_seconds']:.0f} |"
+            f"| {row['parameters']:,.0f} | {row['search_seconds']:.0f} | {row['train_seconds']:.0f} |"
         )
     return 0
 
