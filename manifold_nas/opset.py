@@ -147,9 +147,6 @@ class OpSet:
             module = module.to(self.dtype)
         return module
 
-    def index(self, name: str) -> int:
-        return self.op_names.index(name)
-
 
 OPSETS: Registry[OpSet] = Registry("opsets", entry_point_group="manifold_nas.opsets")
 

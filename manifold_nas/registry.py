@@ -11,7 +11,7 @@ which is loaded lazily the first time the registry is queried.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
@@ -31,9 +31,8 @@ class Registry(Generic[T]):
         Plural noun used in messages and in ``manifold-nas list KIND``.
     entry_point_group:
         Entry-point group scanned once, lazily. Each entry point's object is
-        loaded; loading it is expected to register itself (a decorated
-        function or class) or to *be* the object, in which case it is
-        registered under the entry point's name.
+        loaded and registered under the entry point's name (unless loading
+        its module already registered that name).
     """
 
     def __init__(self, kind: str, entry_point_group: str | None = None) -> None:
@@ -62,7 +61,7 @@ class Registry(Generic[T]):
         for ep in entry_points(group=self.entry_point_group):
             loaded = ep.load()
             if ep.name not in self._items:
-                self._items[ep.name] = loaded() if _is_factory_marker(loaded) else loaded
+                self._items[ep.name] = loaded
 
     def get(self, name: str) -> T:
         """Return the object registered as ``name`` or raise a one-line error."""
@@ -91,15 +90,3 @@ class Registry(Generic[T]):
     def items(self) -> list[tuple[str, T]]:
         self._load_entry_points()
         return sorted(self._items.items())
-
-
-def _is_factory_marker(obj: object) -> bool:
-    # An entry point may point at a zero-argument builder marked with
-    # ``__manifold_nas_factory__ = True`` so that heavy imports stay lazy.
-    return callable(obj) and getattr(obj, "__manifold_nas_factory__", False)
-
-
-def factory(fn: Callable[[], T]) -> Callable[[], T]:
-    """Mark a zero-argument function as building the registered object."""
-    fn.__manifold_nas_factory__ = True  # type: ignore[attr-defined]
-    return fn

@@ -18,8 +18,6 @@ set through :meth:`Relaxation.set_progress`, so a resumed run reproduces them.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -35,6 +33,7 @@ __all__ = [
     "SigmoidRelaxation",
     "SoftmaxRelaxation",
     "SparsemaxRelaxation",
+    "entropy",
 ]
 
 RELAXATIONS: Registry[type[Relaxation]] = Registry(
@@ -212,7 +211,3 @@ def entropy(probabilities: Tensor) -> Tensor:
     """Per-row Shannon entropy in nats, with ``0 log 0 = 0``."""
     p = probabilities.clamp_min(0)
     return -(torch.where(p > 0, p * p.log(), torch.zeros_like(p))).sum(dim=-1)
-
-
-def max_entropy(num_ops: int) -> float:
-    return math.log(num_ops)

@@ -432,7 +432,9 @@ class SearchRun:
         except RuntimeError as err:
             # Ops with a first-order-only backward (the SPD eigen-functions)
             # cannot give Hessian-vector products; the search goes on.
-            LOGGER.warning("no Hessian eigenvalue: the op set is not twice differentiable (%s)", err)
+            LOGGER.warning(
+                "no Hessian eigenvalue: the op set is not twice differentiable (%s)", err
+            )
             return None
 
     # -- selection -------------------------------------------------------------

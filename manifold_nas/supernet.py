@@ -86,13 +86,6 @@ class ArchitectureParameters(nn.Module):
             row[op] = 1.0
         getattr(self, f"projected_{name}")[edge] = True
 
-    @torch.no_grad()
-    def unproject(self, name: str, edge: int) -> None:
-        getattr(self, f"projected_{name}")[edge] = False
-
-    def is_projected(self, name: str, edge: int) -> bool:
-        return bool(getattr(self, f"projected_{name}")[edge])
-
 
 class Supernet(nn.Module):
     """``network(x, arch.weights())`` with the two parameter groups kept apart."""
