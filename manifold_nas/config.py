@@ -83,6 +83,7 @@ class Config:
     network: dict[str, Any]
     seed: int = 0
     device: str = "cpu"
+    threads: int | None = None
     relaxation: dict[str, Any] = field(default_factory=lambda: {"name": "softmax"})
     selection: dict[str, Any] = field(default_factory=lambda: {"name": "darts"})
     search: SearchSettings = field(default_factory=SearchSettings)

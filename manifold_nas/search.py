@@ -48,6 +48,7 @@ LOGGER = logging.getLogger("manifold_nas")
 
 __all__ = [
     "SearchRun",
+    "apply_threads",
     "build_data",
     "build_network",
     "count_parameters",
@@ -60,6 +61,14 @@ __all__ = [
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
+
+
+def apply_threads(config: Config) -> None:
+    """Honour ``threads:``; small-matrix work (SPD) runs fastest on one thread."""
+    if config.threads is not None:
+        if config.threads < 1:
+            raise UserInputError(f"threads must be a positive integer, got {config.threads}")
+        torch.set_num_threads(config.threads)
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -172,6 +181,7 @@ class SearchRun:
         self.quiet = quiet
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.device = torch.device(config.device)
+        apply_threads(config)
         seed_everything(config.seed)
         self.objects = self._build()
         self.epoch = 0

@@ -20,6 +20,7 @@ from manifold_nas.errors import UserInputError
 from manifold_nas.genotype import Genotype
 from manifold_nas.optim import build_optimizer
 from manifold_nas.search import (
+    apply_threads,
     build_data,
     build_network,
     count_parameters,
@@ -38,6 +39,7 @@ def train_derived(
     Returns the summary (test metrics, parameter count, seconds), also
     written to ``out_dir/train_summary.json`` when ``out_dir`` is given.
     """
+    apply_threads(config)
     seed_everything(config.seed)
     device = torch.device(config.device)
     bundle = build_data(config)

@@ -189,3 +189,9 @@ def test_invalid_option_value_names_the_config_section(tmp_path, capsys, tiny_co
     tiny_config_dict["relaxation"] = {"name": "softmax", "temperature": -1}
     code, _, err = run_cli(capsys, "search", write_config(tmp_path, tiny_config_dict), "--quiet")
     assert_one_line_error(code, err, "'relaxation'", "temperature")
+
+
+def test_non_positive_thread_count_is_refused(tmp_path, capsys, tiny_config_dict):
+    tiny_config_dict["threads"] = 0
+    code, _, err = run_cli(capsys, "search", write_config(tmp_path, tiny_config_dict), "--quiet")
+    assert_one_line_error(code, err, "threads")
