@@ -74,10 +74,17 @@ def airm_geodesic(A: Tensor, B: Tensor, t: float | Tensor) -> Tensor:
     A, B : Tensor
         SPD matrices of broadcastable shapes ``(..., n, n)``.
     t : float or Tensor
-        Time; a float, since the matrix power is taken with a scalar exponent.
+        Time. A float (or a tensor that needs no gradient) takes the matrix
+        power from one eigendecomposition; a tensor that needs a gradient
+        (a mixing weight) uses :math:`\exp(t \log C)`, differentiable in ``t``.
     """
     root, inv_root = sqrtm_invsqrtm(A)
-    return sym(root @ powm(inv_root @ B @ inv_root, float(t)) @ root)
+    inner = inv_root @ B @ inv_root
+    if isinstance(t, Tensor) and t.requires_grad:
+        power = expm(t * logm(inner))
+    else:
+        power = powm(inner, float(t))
+    return sym(root @ power @ root)
 
 
 def _normalised_weights(weights: Tensor | None, X: Tensor) -> Tensor:

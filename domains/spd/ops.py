@@ -75,11 +75,7 @@ from spd_ops import (
     ReEig,
     SPDBatchNorm,
     airm_geodesic,
-    expm,
     frechet_mean,
-    logm,
-    sqrtm_invsqrtm,
-    sym,
 )
 
 __all__ = [
@@ -276,12 +272,6 @@ class SkipReduced(nn.Module):
         return torch.cat([top, bottom], dim=-2)
 
 
-def _weighted_geodesic(A: Tensor, B: Tensor, t: Tensor) -> Tensor:
-    r""":math:`A^{1/2} \exp(t \log(A^{-1/2} B A^{-1/2})) A^{1/2}`, differentiable in ``t``."""
-    root, inv_root = sqrtm_invsqrtm(A)
-    return sym(root @ expm(t * logm(inv_root @ B @ inv_root)) @ root)
-
-
 def frechet_mix(outputs: Sequence[Tensor], weights: Tensor) -> Tensor:
     r"""Weighted AIRM Fréchet mean of an edge's op outputs.
 
@@ -293,7 +283,7 @@ def frechet_mix(outputs: Sequence[Tensor], weights: Tensor) -> Tensor:
     if len(outputs) == 1:
         return outputs[0]
     if len(outputs) == 2:
-        return _weighted_geodesic(outputs[0], outputs[1], weights[1] / weights.sum())
+        return airm_geodesic(outputs[0], outputs[1], weights[1] / weights.sum())
     return frechet_mean(torch.stack(list(outputs)), weights, max_iter=MIX_MAX_ITER, tol=MIX_TOL)
 
 
