@@ -29,12 +29,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 from monai.transforms import (
@@ -48,7 +45,7 @@ from monai.transforms import (
 from torch.nn import functional as F
 
 from domains.volumetric.data import build_datalist_dataset
-from domains.volumetric.synthetic import default_cache_root
+from domains.volumetric.generated import default_cache_root, write_generated_datalist
 from manifold_nas.data import DATASETS, DataBundle
 from manifold_nas.errors import UserInputError
 
@@ -137,42 +134,25 @@ def write_mni152_tissue(
     folder: str | Path, n_train: int = 8, n_test: int = 2, seed: int = 0, resolution_mm: float = 4.0
 ) -> Path:
     """Write augmented subjects and ``dataset.json`` into ``folder`` (atomically)."""
-    folder = Path(folder)
-    datalist = folder / "dataset.json"
-    if datalist.is_file():
-        return datalist
     image, labels, affine = mni152_tissue_template(resolution_mm)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    (staging / "images").mkdir()
-    (staging / "labels").mkdir()
 
-    def write(name: str, subject_seed: int) -> dict[str, str]:
-        subject_image, subject_label = tissue_subject(image, labels, subject_seed)
-        nib.save(nib.Nifti1Image(subject_image, affine), str(staging / "images" / f"{name}.nii.gz"))
-        nib.save(nib.Nifti1Image(subject_label, affine), str(staging / "labels" / f"{name}.nii.gz"))
-        return {"image": f"./images/{name}.nii.gz", "label": f"./labels/{name}.nii.gz"}
+    def subjects(prefix: str, offset: int, count: int):
+        for i in range(count):
+            yield (f"{prefix}_{i:03d}", *tissue_subject(image, labels, seed * 10_000 + offset + i))
 
-    training = [write(f"mni152_{i:03d}", seed * 10_000 + i) for i in range(n_train)]
-    test = [write(f"mni152_test_{i:03d}", seed * 10_000 + 5_000 + i) for i in range(n_test)]
-    content = {
+    header = {
         "name": "mni152_tissue",
         "description": "augmented MNI152 2009 template, GM/WM tissue labels (single anatomy)",
-        "tensorImageSize": "3D",
         "modality": {"0": "T1"},
         "labels": {str(k): name for k, name in enumerate(TISSUE_CLASSES)},
-        "numTraining": n_train,
-        "numTest": n_test,
-        "training": training,
-        "test": test,
     }
-    (staging / "dataset.json").write_text(json.dumps(content, indent=2))
-    try:
-        staging.rename(folder)
-    except OSError:
-        # another process finished the same folder first; its files are identical
-        shutil.rmtree(staging, ignore_errors=True)
-    return datalist
+    return write_generated_datalist(
+        folder,
+        affine,
+        lambda: subjects("mni152", 0, n_train),
+        lambda: subjects("mni152_test", 5_000, n_test),
+        header,
+    )
 
 
 @DATASETS.register("mni152_tissue")

@@ -26,23 +26,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy.spatial.transform import Rotation
 
 from domains.volumetric.data import build_datalist_dataset
+from domains.volumetric.generated import default_cache_root, write_generated_datalist
 from manifold_nas.data import DATASETS, DataBundle
 
 __all__ = [
     "SHAPE_CLASSES",
     "build_synthetic_shapes_dataset",
-    "default_cache_root",
     "synthetic_shapes_volume",
     "write_synthetic_shapes",
 ]
@@ -55,12 +51,6 @@ SHAPE_CLASSES: dict[int, tuple[str, tuple[float, float, float]]] = {
 }
 #: supersampling factor along the thick-slice axis for the majority-vote labels
 _SUBSAMPLES = 3
-
-
-def default_cache_root() -> Path:
-    """``$XDG_CACHE_HOME/manifold-nas`` (``~/.cache/manifold-nas`` by default)."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "manifold-nas"
 
 
 def synthetic_shapes_volume(
@@ -121,17 +111,6 @@ def synthetic_shapes_volume(
     return image.astype(np.float32), label
 
 
-def _write_pair(folder: Path, name: str, image, label, affine) -> dict[str, str]:
-    image_path = folder / "images" / f"{name}.nii.gz"
-    label_path = folder / "labels" / f"{name}.nii.gz"
-    nib.save(nib.Nifti1Image(image, affine), image_path)
-    nib.save(nib.Nifti1Image(label, affine), label_path)
-    return {
-        "image": f"./{image_path.relative_to(folder)}",
-        "label": f"./{label_path.relative_to(folder)}",
-    }
-
-
 def write_synthetic_shapes(
     folder: str | Path,
     n_train: int = 12,
@@ -148,14 +127,6 @@ def write_synthetic_shapes(
     The folder is filled atomically: files are written to a sibling temporary
     folder that is renamed into place, so concurrent runs never see half a set.
     """
-    folder = Path(folder)
-    datalist = folder / "dataset.json"
-    if datalist.is_file():
-        return datalist
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    (staging / "images").mkdir()
-    (staging / "labels").mkdir()
     affine = np.diag([*map(float, spacing), 1.0])
     options = {
         "shape": shape,
@@ -164,32 +135,27 @@ def write_synthetic_shapes(
         "noise": noise,
         "bias": bias,
     }
-    training = [
-        _write_pair(staging, f"shapes_{i:03d}", *synthetic_shapes_volume(seed * 10_000 + i, **options), affine)
-        for i in range(n_train)
-    ]  # fmt: skip
-    test = [
-        _write_pair(staging, f"shapes_test_{i:03d}", *synthetic_shapes_volume(seed * 10_000 + 5_000 + i, **options), affine)
-        for i in range(n_test)
-    ]  # fmt: skip
-    content = {
+
+    def subjects(prefix: str, offset: int, count: int):
+        for i in range(count):
+            yield (
+                f"{prefix}_{i:03d}",
+                *synthetic_shapes_volume(seed * 10_000 + offset + i, **options),
+            )
+
+    header = {
         "name": "synthetic_shapes",
         "description": "spheres / rods / discs of equal intensity, thick slices",
-        "tensorImageSize": "3D",
         "modality": {"0": "synthetic"},
         "labels": {"0": "background", **{str(k): v[0] for k, v in SHAPE_CLASSES.items()}},
-        "numTraining": n_train,
-        "numTest": n_test,
-        "training": training,
-        "test": test,
     }
-    (staging / "dataset.json").write_text(json.dumps(content, indent=2))
-    try:
-        staging.rename(folder)
-    except OSError:
-        # another process finished the same folder first; its files are identical
-        shutil.rmtree(staging, ignore_errors=True)
-    return datalist
+    return write_generated_datalist(
+        folder,
+        affine,
+        lambda: subjects("shapes", 0, n_train),
+        lambda: subjects("shapes_test", 5_000, n_test),
+        header,
+    )
 
 
 @DATASETS.register("synthetic_shapes")
