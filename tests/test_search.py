@@ -235,3 +235,26 @@ def test_hessian_eigenvalue_is_logged_per_epoch(tiny_config_dict, tmp_path):
     run.train_epoch()
     value = run.history[-1]["hessian_eigenvalue"]
     assert isinstance(value, float) and value == value
+
+
+def test_cost_penalty_enters_the_architecture_loss_only_above_budget():
+    from manifold_nas.cell import ArchSpec
+    from manifold_nas.relaxations import SoftmaxRelaxation
+    from manifold_nas.supernet import ArchitectureParameters, Supernet
+
+    class Costly(torch.nn.Module):
+        arch_specs = {"cells": ArchSpec(("cheap", "dear"), ((0, 1),), n_inputs=1, keep=1)}
+
+        def cost_penalty(self, arch_weights, budget, weight=1.0):
+            cost = (arch_weights["cells"] * torch.tensor([1.0, 10.0])).sum()
+            return weight * torch.relu(cost / budget - 1.0)
+
+    net = Costly()
+    arch = ArchitectureParameters(net.arch_specs, SoftmaxRelaxation())
+    generous = Supernet(net, arch, lambda w: net.cost_penalty(w, budget=100.0))
+    tight = Supernet(net, arch, lambda w: net.cost_penalty(w, budget=2.0))
+    assert float(generous.regularizer().detach()) == 0.0
+    penalty = tight.regularizer()
+    penalty.backward()
+    alpha = next(tight.arch_parameters())
+    assert float(penalty.detach()) > 0 and alpha.grad[0, 1] > 0 > alpha.grad[0, 0]
