@@ -8,7 +8,9 @@ import pytest
 import torch
 import yaml
 
+from manifold_nas.cell import ChosenEdge
 from manifold_nas.cli import main
+from manifold_nas.genotype import Genotype
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -16,6 +18,12 @@ REPO = Path(__file__).resolve().parents[1]
 def write_config(tmp_path, config, name="cfg.yaml"):
     path = tmp_path / name
     path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def write_genotype(tmp_path, opset, cells, config):
+    path = tmp_path / "genotype.json"
+    Genotype(opset, cells, config=config).save(path)
     return path
 
 
@@ -116,15 +124,9 @@ def test_foreign_checkpoint_on_resume(tmp_path, capsys, tiny_config_dict):
 
 
 def test_genotype_with_unregistered_opset(tmp_path, capsys, tiny_config_dict):
-    genotype = {
-        "format": "manifold-nas-genotype",
-        "version": 1,
-        "opset": "martian_ops",
-        "cells": {"normal": [["zap", 0, 2]]},
-        "config": tiny_config_dict,
-    }
-    path = tmp_path / "genotype.json"
-    path.write_text(__import__("json").dumps(genotype))
+    path = write_genotype(
+        tmp_path, "martian_ops", {"normal": (ChosenEdge("zap", 0, 2),)}, tiny_config_dict
+    )
     code, _, err = run_cli(capsys, "train", path, "--quiet")
     assert_one_line_error(code, err, "martian_ops", "darts")
 
@@ -172,15 +174,9 @@ def test_training_a_search_space_config_asks_for_a_search_first(tmp_path, capsys
 
 
 def test_genotype_that_does_not_fit_the_network_is_refused(tmp_path, capsys, tiny_config_dict):
-    genotype = {
-        "format": "manifold-nas-genotype",
-        "version": 1,
-        "opset": "darts",
-        "cells": {"cell": [["skip_connect", 0, 1]]},
-        "config": tiny_config_dict,
-    }
-    path = tmp_path / "genotype.json"
-    path.write_text(__import__("json").dumps(genotype))
+    path = write_genotype(
+        tmp_path, "darts", {"cell": (ChosenEdge("skip_connect", 0, 1),)}, tiny_config_dict
+    )
     code, _, err = run_cli(capsys, "train", path, "--quiet")
     assert_one_line_error(code, err, "'normal'")
 
