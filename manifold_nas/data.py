@@ -13,15 +13,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
-import torch
+from torch import nn
 from torch.utils.data import Dataset
 
 from manifold_nas.registry import Registry
 from manifold_nas.task import ClassificationTask, Task
 
-__all__ = ["DATASETS", "DataBundle"]
+__all__ = ["DATASETS", "DataBundle", "Predictor"]
+
+
+class Predictor(Protocol):
+    """Apply a trained network to input files and write the outputs; returns the written paths."""
+
+    def __call__(self, network: nn.Module, inputs: list[Path], output: Path) -> list[Path]: ...
 
 
 @dataclass
@@ -33,6 +40,8 @@ class DataBundle:
     ``collate_fn`` is handed to every ``DataLoader`` (MONAI's
     ``list_data_collate`` for patch-sampling transforms); ``eval_batch_size``
     overrides the batch size of evaluation loaders (1 for whole volumes).
+    ``predictor`` applies a trained network to the user's own files
+    (``manifold-nas predict``); data sets without one do not support it.
     """
 
     name: str
@@ -41,10 +50,10 @@ class DataBundle:
     num_classes: int
     sample_shape: tuple[int, ...]
     task: Task = field(default_factory=ClassificationTask)
-    dtype: torch.dtype = torch.float32
     info: dict[str, Any] = field(default_factory=dict)
     collate_fn: Callable[[list[Any]], Any] | None = None
     eval_batch_size: int | None = None
+    predictor: Predictor | None = None
 
 
 DatasetBuilder = Callable[..., DataBundle]

@@ -61,7 +61,7 @@ def evaluate_run(run_dir: str | Path) -> dict[str, Any]:
 def predict_run(run_dir: str | Path, inputs: Sequence[str], output: str) -> list[Path]:
     """Segment images with the run's retrained network (volumetric runs)."""
     network, _, _, bundle = load_trained_network(run_dir)
-    predictor = bundle.info.get("predict")
+    predictor = bundle.predictor
     if predictor is None:
         raise UserInputError(f"the data of {run_dir} ({bundle.name}) does not support predict")
     return predictor(network, [Path(p) for p in inputs], Path(output))

@@ -37,7 +37,7 @@ def bundle() -> DataBundle:
     x = random_spd(12, 1, N, N)
     y = torch.arange(12) % CLASSES
     data = TensorDataset(x, y)
-    return DataBundle("toy", data, data, CLASSES, (1, N, N), dtype=torch.float64)
+    return DataBundle("toy", data, data, CLASSES, (1, N, N))
 
 
 def build(name: str, bundle: DataBundle, genotype: Genotype | None = None, **options):

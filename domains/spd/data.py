@@ -300,7 +300,6 @@ def _bundle(
         test=TensorDataset(x_test, y_test),
         num_classes=len(classes),
         sample_shape=tuple(x_train.shape[1:]),
-        dtype=torch.float64,
         info={"class_names": list(classes), **info},
     )
 

@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from monai.data import CacheDataset, list_data_collate
 from monai.transforms import Compose, EnsureTyped, RandCropByPosNegLabeld
 
@@ -151,7 +150,6 @@ def build_datalist_dataset(
         "unlabelled_files": listing.unlabelled,
         "resampled_files": resampled,
         "samples_per_volume": samples_per_volume,
-        "predict": VolumePredictor(patch_size, preprocessing, sw_batch_size, sw_overlap),
     }
     return DataBundle(
         name="datalist",
@@ -160,8 +158,8 @@ def build_datalist_dataset(
         num_classes=num_classes,
         sample_shape=(1, *patch_size),
         task=task,
-        dtype=torch.float32,
         info=info,
         collate_fn=list_data_collate,
         eval_batch_size=1,
+        predictor=VolumePredictor(patch_size, preprocessing, sw_batch_size, sw_overlap),
     )
