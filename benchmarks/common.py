@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 import random
 import statistics
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from manifold_nas.cell import ArchSpec, ChosenEdge
+from manifold_nas.cell import ArchSpec
 from manifold_nas.config import apply_overrides, load_config, parse_config
 from manifold_nas.genotype import Genotype
-from manifold_nas.search import SearchRun
-from manifold_nas.summary import write_search_summary
+from manifold_nas.sampling import random_genotype as sample_genotype
+from manifold_nas.search import search
 from manifold_nas.training import train_derived
 
 __all__ = [
@@ -34,10 +33,8 @@ def config_dict(path: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
 def search_and_retrain(raw: Mapping[str, Any], seed: int, out: Path) -> dict[str, Any]:
     """Search with ``raw`` at ``seed``, retrain the derived cell, return the numbers."""
     config = parse_config(apply_overrides(raw, [f"seed={seed}"]))
-    started = time.perf_counter()
-    run = SearchRun(config, out, quiet=True)
-    genotype = run.run()
-    summary = write_search_summary(run, genotype, time.perf_counter() - started)
+    result = search(config, out, quiet=True)
+    genotype, summary = result.genotype, result.summary
     trained = train_derived(genotype, config, out / "retrain", quiet=True)
     return {
         "seed": seed,
@@ -55,18 +52,8 @@ def search_and_retrain(raw: Mapping[str, Any], seed: int, out: Path) -> dict[str
 def random_genotype(
     specs: Mapping[str, ArchSpec], opset: str, zero: str | None, seed: int
 ) -> Genotype:
-    """A uniformly random derived cell of the same space (``keep`` inputs per node)."""
-    rng = random.Random(seed)
-    cells = {}
-    for name, spec in specs.items():
-        ops = [op for op in spec.ops if op != zero]
-        edges = []
-        for target in spec.targets:
-            sources = [s for s, t in spec.edges if t == target]
-            kept = sources if spec.keep <= 0 else rng.sample(sources, min(spec.keep, len(sources)))
-            edges += [ChosenEdge(rng.choice(ops), s, target) for s in sorted(kept)]
-        cells[name] = tuple(edges)
-    return Genotype(opset, cells)
+    """A uniformly random derived cell of the same space, seeded by ``seed``."""
+    return sample_genotype(specs, opset, zero, random.Random(seed))
 
 
 def train_fixed(

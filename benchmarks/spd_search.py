@@ -40,12 +40,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import random_genotype  # noqa: E402
 from manifold_nas.config import load_config  # noqa: E402
 from manifold_nas.genotype import Genotype  # noqa: E402
-from manifold_nas.search import (  # noqa: E402
-    SearchRun,
-    build_data,
-    build_network,
-    seed_everything,
-)
+from manifold_nas.run import build_data, build_network, seed_everything  # noqa: E402
+from manifold_nas.search import search  # noqa: E402
 from manifold_nas.training import train_derived  # noqa: E402
 
 CONFIGS = ROOT / "configs" / "spd"
@@ -56,7 +52,7 @@ def run_searched(seed: int, overrides: list[str]) -> dict[str, Any]:
     config = load_config(CONFIGS / "japanese_vowels.yaml", [f"seed={seed}", *overrides])
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
-        genotype = SearchRun(config, out, quiet=True).run()
+        genotype = search(config, out, quiet=True).genotype
         search_seconds = time.perf_counter() - started
     summary = train_derived(genotype, config, quiet=True)
     return _row(summary, search_seconds, genotype.describe())

@@ -33,7 +33,7 @@ import torch
 
 from benchmarks.common import config_dict, mean_std, search_and_retrain, train_fixed
 from manifold_nas.config import Config, parse_config
-from manifold_nas.search import build_data
+from manifold_nas.run import build_data
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "volumetric"
 TASKS = ("synthetic_shapes", "mni152_tissue")

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
+from monai.networks.layers.factories import Pool
 from torch import Tensor, nn
 
 from manifold_nas.opset import OpSet, OpSpec
@@ -140,8 +140,7 @@ class MixedEdge(nn.Module):
 
 
 def _max_pool(x: Tensor, size: torch.Size) -> Tensor:
-    pool = F.adaptive_max_pool2d if x.dim() == 4 else F.adaptive_max_pool3d
-    return pool(x, tuple(size))
+    return Pool[Pool.ADAPTIVEMAX, x.dim() - 2](tuple(size))(x)
 
 
 class SearchCell(nn.Module):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import struct
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -20,9 +22,9 @@ from torch import Tensor
 
 from manifold_nas.errors import UserInputError
 
-__all__ = ["CHECKPOINT_FORMAT", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "load_checkpoint", "load_torch_file", "save_checkpoint"]
 
-CHECKPOINT_FORMAT = "manifold-nas-checkpoint-v1"
+CHECKPOINT_FORMAT = "manifold-nas-checkpoint-v2"
 
 
 def _plain(obj: Any) -> Any:
@@ -54,13 +56,46 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserInputError(
-            f"checkpoint {path} is corrupt or not a torch file: {reason}"
-        ) from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+    state = load_torch_file(path, "checkpoint")
+    if not isinstance(state, dict) or not str(state.get("format", "")).startswith(
+        "manifold-nas-checkpoint"
+    ):
         raise UserInputError(f"checkpoint {path} was not written by manifold-nas")
+    if state["format"] != CHECKPOINT_FORMAT:
+        raise UserInputError(
+            f"checkpoint {path} has format {state['format']!r}; this manifold-nas reads "
+            f"{CHECKPOINT_FORMAT!r} (start a new run)"
+        )
     return state
+
+
+def load_torch_file(path: str | Path, what: str) -> Any:
+    """``torch.load(path, weights_only=True)``, every failure one line naming ``path``.
+
+    Nothing in the file is executed: a pickle that asks for code is refused.
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            # torch warns about unusual pickle protocols before refusing them;
+            # the refusal below is the one line the user needs
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = _first_line(err)
+        if "weights_only" in reason or "Unsupported global" in str(err):
+            reason = "it holds objects that are not plain tensors, so it was not loaded"
+        raise UserInputError(f"{what} {path} was refused: {reason}") from None
+    except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError, OSError, struct.error) as err:
+        raise UserInputError(
+            f"{what} {path} is corrupt or not a torch file: {_first_line(err)}"
+        ) from None
+    except Exception as err:  # any other failure of the unpickler is a bad file too
+        raise UserInputError(
+            f"{what} {path} is corrupt or not a torch file: {type(err).__name__}: {_first_line(err)}"
+        ) from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0].strip() if text else type(err).__name__

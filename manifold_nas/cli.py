@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -19,29 +20,23 @@ from manifold_nas.errors import UserInputError
 
 __all__ = ["main"]
 
-KINDS = ("opsets", "relaxations", "optimizers", "selectors", "datasets", "networks")
-REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-DEMO_CONFIG = REPO_CONFIGS / "spd" / "japanese_vowels.yaml"
+KINDS = (
+    "opsets",
+    "relaxations",
+    "optimizers",
+    "selectors",
+    "strategies",
+    "datasets",
+    "networks",
+)
+#: the demo's config ships inside the package, so ``manifold-nas demo`` works from a wheel
+DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "japanese_vowels.yaml"
 
 
 def _registries() -> dict[str, Any]:
-    from manifold_nas.data import DATASETS
-    from manifold_nas.networks import NETWORKS
-    from manifold_nas.opset import OPSETS
-    from manifold_nas.optim import ARCH_OPTIMIZERS
-    from manifold_nas.plugins import load_builtin_domains
-    from manifold_nas.relaxations import RELAXATIONS
-    from manifold_nas.selection import SELECTORS
+    from manifold_nas.plugins import all_registries
 
-    load_builtin_domains()
-    return {
-        "opsets": OPSETS,
-        "relaxations": RELAXATIONS,
-        "optimizers": ARCH_OPTIMIZERS,
-        "selectors": SELECTORS,
-        "datasets": DATASETS,
-        "networks": NETWORKS,
-    }
+    return all_registries()
 
 
 def _describe(obj: Any) -> str:
@@ -68,19 +63,11 @@ def _default_out(config_path: str) -> Path:
 
 def _search(config_path: str, overrides: Sequence[str], out: Path, resume: bool, quiet: bool):
     from manifold_nas.config import load_config
-    from manifold_nas.search import SearchRun
-    from manifold_nas.summary import write_search_summary
+    from manifold_nas.search import search
 
     config = load_config(config_path, overrides)
-    if out.exists() and (out / "checkpoint.pt").exists() and not resume:
-        raise UserInputError(f"{out} already holds a search; pass --resume or choose another --out")
-    started = time.perf_counter()
-    run = SearchRun(config, out, quiet=quiet)
-    if resume and run.resume():
-        print(f"resuming {out} after epoch {run.epoch}", file=sys.stderr)
-    genotype = run.run()
-    summary = write_search_summary(run, genotype, time.perf_counter() - started)
-    return config, genotype, summary
+    result = search(config, out, resume=resume, quiet=quiet)
+    return config, result.genotype, result.summary
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -117,11 +104,9 @@ def _load_genotype_and_config(target: str, overrides: Sequence[str]):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from manifold_nas.opset import OPSETS
-    from manifold_nas.plugins import load_builtin_domains
     from manifold_nas.training import train_derived
 
     genotype, config, run_dir = _load_genotype_and_config(args.target, args.overrides)
-    load_builtin_domains()
     if genotype.cells:
         OPSETS.get(genotype.opset)
     if args.out:
@@ -230,9 +215,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the record."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _log_to_stderr() -> None:
+    """Warnings of the library (resume, resampling, data fixes) as one stderr line each."""
+    logger = logging.getLogger("manifold_nas")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("manifold-nas: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may also follow the options (``search CFG --out RUN seed=1``)
+    if (
+        extra
+        and hasattr(args, "overrides")
+        and all("=" in e and not e.startswith("-") for e in extra)
+    ):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    _log_to_stderr()
     debug = args.debug or os.environ.get("MANIFOLD_NAS_DEBUG") == "1"
     try:
         return int(args.func(args) or 0)

@@ -2,18 +2,25 @@
 
 A config has fixed sections (``search``, ``train``) whose keys are the fields
 of :class:`SearchSettings` and :class:`TrainSettings`, and *named* sections
-(``data``, ``network``, ``relaxation``, ``selection`` and the optimizer
-entries) whose ``name`` picks a registered builder and whose other keys are
-that builder's keyword arguments. Every unknown key is refused with a
-one-line message that lists the valid ones.
+(``data``, ``network``, ``relaxation``, ``selection``, ``strategy`` and the
+optimizer entries) whose ``name`` picks a registered builder and whose other
+keys are that builder's keyword arguments. Every unknown key is refused with
+a one-line message that lists the valid ones, and every fixed setting is
+type- and range-checked when the config is parsed.
+
+A dotted override (``search.arch_optimizer.lr=0.1``) of a section the file
+does not spell out merges into that section's default instead of replacing
+it; an override of such a section's ``name`` starts it afresh, since the
+default's other keys belong to the default builder.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
+import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,24 +35,95 @@ __all__ = [
     "apply_overrides",
     "call_with_options",
     "check_options",
+    "config_defaults",
     "load_config",
     "parse_config",
+    "split_name",
 ]
+
+
+# -- checks of single values ----------------------------------------------------
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _int_at_least(low: int, optional: bool = False) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if optional and value is None:
+            return None
+        if not _is_int(value) or value < low:
+            return f"must be an integer >= {low}" + (" or null" if optional else "")
+        return None
+
+    return check
+
+
+def _number(low: float = -math.inf, *, open_low: bool = False, high: float = math.inf,
+            open_high: bool = False, optional: bool = False) -> Callable[[Any], str | None]:  # fmt: skip
+    def check(value: Any) -> str | None:
+        if optional and value is None:
+            return None
+        ok = _is_number(value)
+        ok = ok and (value > low if open_low else value >= low)
+        ok = ok and (value < high if open_high else value <= high)
+        if not ok:
+            lo = "(" if open_low else "["
+            hi = ")" if open_high else "]"
+            return f"must be a finite number in {lo}{low}, {high}{hi}" + (
+                " or null" if optional else ""
+            )
+        return None
+
+    return check
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}"
+
+    return check
+
+
+def _is_bool(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "must be true or false"
+
+
+def _named_mapping(value: Any) -> str | None:
+    if not isinstance(value, Mapping) or "name" not in value:
+        return "must be a mapping with a 'name'"
+    return None
+
+
+def _mapping(value: Any) -> str | None:
+    return None if isinstance(value, Mapping) else "must be a mapping"
+
+
+def _check(rule: Callable[[Any], str | None]) -> dict[str, Any]:
+    return {"check": rule}
 
 
 @dataclass
 class SearchSettings:
     """The bilevel search loop."""
 
-    epochs: int = 10
-    batch_size: int = 64
-    train_portion: float = 0.5
-    order: str = "first"
-    warmup_epochs: int = 0
-    grad_clip: float | None = 5.0
-    lr_min: float = 0.001
+    epochs: int = field(default=10, metadata=_check(_int_at_least(1)))
+    batch_size: int = field(default=64, metadata=_check(_int_at_least(1)))
+    train_portion: float = field(
+        default=0.5, metadata=_check(_number(0.0, open_low=True, high=1.0, open_high=True))
+    )
+    order: str = field(default="first", metadata=_check(_one_of("first", "second")))
+    warmup_epochs: int = field(default=0, metadata=_check(_int_at_least(0)))
+    grad_clip: float | None = field(
+        default=5.0, metadata=_check(_number(0.0, open_low=True, optional=True))
+    )
+    lr_min: float = field(default=0.001, metadata=_check(_number(0.0)))
     weight_optimizer: dict[str, Any] = field(
-        default_factory=lambda: {"name": "sgd", "lr": 0.025, "momentum": 0.9, "weight_decay": 3e-4}
+        default_factory=lambda: {"name": "sgd", "lr": 0.025, "momentum": 0.9, "weight_decay": 3e-4},
+        metadata=_check(_named_mapping),
     )
     arch_optimizer: dict[str, Any] = field(
         default_factory=lambda: {
@@ -53,26 +131,34 @@ class SearchSettings:
             "lr": 3e-4,
             "betas": [0.5, 0.999],
             "weight_decay": 1e-3,
-        }
+        },
+        metadata=_check(_named_mapping),
     )
-    arch_penalty: dict[str, Any] = field(default_factory=dict)
-    hessian_eigenvalue: bool = False
-    max_steps_per_epoch: int | None = None
+    arch_penalty: dict[str, Any] = field(default_factory=dict, metadata=_check(_mapping))
+    hessian_eigenvalue: bool = field(default=False, metadata=_check(_is_bool))
+    max_steps_per_epoch: int | None = field(
+        default=None, metadata=_check(_int_at_least(1, optional=True))
+    )
 
 
 @dataclass
 class TrainSettings:
     """Retraining the derived network from scratch."""
 
-    epochs: int = 20
-    batch_size: int = 64
-    lr_min: float = 0.0
-    grad_clip: float | None = 5.0
-    optimizer: dict[str, Any] = field(
-        default_factory=lambda: {"name": "sgd", "lr": 0.025, "momentum": 0.9, "weight_decay": 3e-4}
+    epochs: int = field(default=20, metadata=_check(_int_at_least(1)))
+    batch_size: int = field(default=64, metadata=_check(_int_at_least(1)))
+    lr_min: float = field(default=0.0, metadata=_check(_number(0.0)))
+    grad_clip: float | None = field(
+        default=5.0, metadata=_check(_number(0.0, open_low=True, optional=True))
     )
-    network: dict[str, Any] = field(default_factory=dict)
-    max_steps_per_epoch: int | None = None
+    optimizer: dict[str, Any] = field(
+        default_factory=lambda: {"name": "sgd", "lr": 0.025, "momentum": 0.9, "weight_decay": 3e-4},
+        metadata=_check(_named_mapping),
+    )
+    network: dict[str, Any] = field(default_factory=dict, metadata=_check(_mapping))
+    max_steps_per_epoch: int | None = field(
+        default=None, metadata=_check(_int_at_least(1, optional=True))
+    )
 
 
 @dataclass
@@ -81,11 +167,12 @@ class Config:
 
     data: dict[str, Any]
     network: dict[str, Any]
-    seed: int = 0
+    seed: int = field(default=0, metadata=_check(_int_at_least(0)))
     device: str = "cpu"
-    threads: int | None = None
+    threads: int | None = field(default=None, metadata=_check(_int_at_least(1, optional=True)))
     relaxation: dict[str, Any] = field(default_factory=lambda: {"name": "softmax"})
     selection: dict[str, Any] = field(default_factory=lambda: {"name": "darts"})
+    strategy: dict[str, Any] = field(default_factory=lambda: {"name": "bilevel"})
     search: SearchSettings = field(default_factory=SearchSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
 
@@ -94,7 +181,31 @@ class Config:
 
 
 _SECTIONS = {"search": SearchSettings, "train": TrainSettings}
-_NAMED = ("data", "network", "relaxation", "selection")
+_NAMED = ("data", "network", "relaxation", "selection", "strategy")
+
+
+def _field_default(f: Any) -> Any:
+    if f.default_factory is not MISSING:
+        value = f.default_factory()
+    else:
+        value = f.default
+    return asdict(value) if hasattr(value, "__dataclass_fields__") else value
+
+
+def config_defaults() -> dict[str, Any]:
+    """Every section's default as plain data (``data`` and ``network`` have none)."""
+    return {f.name: _field_default(f) for f in fields(Config) if f.default is not MISSING
+            or f.default_factory is not MISSING}  # fmt: skip
+
+
+def _check_values(settings: type, values: Mapping[str, Any], where: str) -> None:
+    for f in fields(settings):
+        rule = f.metadata.get("check")
+        if rule is None or f.name not in values:
+            continue
+        problem = rule(values[f.name])
+        if problem:
+            raise UserInputError(f"config key {where}{f.name} {problem}, got {values[f.name]!r}")
 
 
 def _check_keys(given: Mapping[str, Any], valid: Sequence[str], where: str) -> None:
@@ -120,13 +231,21 @@ def parse_config(raw: Mapping[str, Any], source: str = "config") -> Config:
                 raise UserInputError(f"config section {key!r} must be a mapping")
             settings = _SECTIONS[key]
             _check_keys(value, [f.name for f in fields(settings)], f"{key}.")
+            _check_values(settings, value, f"{key}.")
             values[key] = settings(**copy.deepcopy(dict(value)))
         elif key in _NAMED:
             if not isinstance(value, Mapping) or "name" not in value:
                 raise UserInputError(f"config section {key!r} must be a mapping with a 'name'")
+            if not isinstance(value["name"], str):
+                raise UserInputError(
+                    f"config key {key}.name must be a string, got {value['name']!r}"
+                )
             values[key] = copy.deepcopy(dict(value))
         else:
             values[key] = value
+    _check_values(Config, values, "")
+    if not isinstance(values.get("device", "cpu"), str):
+        raise UserInputError(f"config key device must be a string, got {values['device']!r}")
     return Config(**values)
 
 
@@ -138,39 +257,80 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        first = str(err).splitlines()[0] if str(err) else "parse error"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "parse error"
         raise UserInputError(f"{path} is not valid YAML: {first}") from None
+    except UnicodeDecodeError as err:
+        raise UserInputError(f"{path} is not a text (YAML) file: {err.reason}") from None
+    if not isinstance(raw, Mapping):
+        raise UserInputError(
+            f"{path} must be a mapping of config sections, got a YAML {type(raw).__name__}"
+        )
     return parse_config(apply_overrides(raw, overrides), source=str(path))
 
 
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    key, sep, text = item.partition("=")
+    parts = key.split(".")
+    if not sep or not key or not all(parts):
+        raise UserInputError(f"override {item!r} is not of the form section.key=value")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    return parts, value
+
+
 def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Set dotted keys, e.g. ``search.epochs=3`` or ``data.root=/data``; values are YAML."""
+    """Set dotted keys, e.g. ``search.epochs=3`` or ``data.root=/data``; values are YAML.
+
+    A key inside a section that ``raw`` leaves to its default is set on a copy
+    of the default (``search.arch_optimizer.lr=0.1`` keeps Adam's betas); an
+    override of such a section's ``name`` starts the section afresh. Name
+    overrides are applied first, so their order on the command line does not
+    matter.
+    """
+    if not isinstance(raw, Mapping):
+        raise UserInputError(f"a config must be a mapping of sections, got {type(raw).__name__}")
     result = copy.deepcopy(dict(raw))
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise UserInputError(f"override {item!r} is not of the form key=value")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            value = text
-        node = result
-        parts = key.split(".")
+    parsed = [(item, *_parse_override(item)) for item in overrides]
+    parsed.sort(key=lambda entry: entry[1][-1] != "name")
+    defaults = config_defaults()
+    for item, parts, value in parsed:
+        node, default = result, defaults
+        from_default = False
         for part in parts[:-1]:
+            default = default.get(part) if isinstance(default, Mapping) else None
             child = node.get(part)
             if child is None:
-                child = node[part] = {}
+                from_default = isinstance(default, Mapping)
+                child = node[part] = copy.deepcopy(dict(default)) if from_default else {}
             if not isinstance(child, dict):
                 raise UserInputError(f"override {item!r}: {part!r} is not a section")
             node = child
+        if from_default and parts[-1] == "name" and node.get("name") != value:
+            node.clear()
         node[parts[-1]] = value
     return result
+
+
+def _value_problem(default: Any, value: Any) -> str | None:
+    """Compare a given option with the type of its default (numbers and flags only).
+
+    A numeric default admits any finite number: many optimizers default a
+    real-valued option to the integer 0 (``weight_decay=0``).
+    """
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "must be true or false"
+    if _is_int(default) or isinstance(default, float):
+        return None if _is_number(value) else "must be a finite number"
+    return None
 
 
 def check_options(
     fn: Callable[..., Any], options: Mapping[str, Any], where: str, n_positional: int = 0
 ) -> None:
-    """Refuse ``options`` that ``fn`` does not take, or required ones that are missing."""
+    """Refuse ``options`` that ``fn`` does not take, required ones that are missing,
+    and numbers or flags whose type differs from the option's default (``nan`` included)."""
     params = list(inspect.signature(fn).parameters.items())[n_positional:]
     keywords = [(n, p) for n, p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for _, p in params):
@@ -178,6 +338,11 @@ def check_options(
     missing = [n for n, p in keywords if p.default is inspect.Parameter.empty and n not in options]
     if missing:
         raise UserInputError(f"config section {where!r} needs key {missing[0]!r}")
+    for name, parameter in keywords:
+        if name in options and parameter.default is not inspect.Parameter.empty:
+            problem = _value_problem(parameter.default, options[name])
+            if problem:
+                raise UserInputError(f"config key {where}.{name} {problem}, got {options[name]!r}")
 
 
 def call_with_options(
@@ -189,10 +354,11 @@ def call_with_options(
         return fn(*args, **options)
     except UserInputError:
         raise
-    except ValueError as err:
-        # Builders validate their options with ValueError; coming from a
-        # config, that is the user's input, so say which section it was.
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+    except (ValueError, TypeError) as err:
+        # Builders validate their options with ValueError (a wrong type ends
+        # in TypeError); coming from a config, that is the user's input, so
+        # say which section it was.
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserInputError(f"config section {where!r}: {message}") from err
 
 

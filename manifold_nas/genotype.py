@@ -18,10 +18,18 @@ from typing import Any
 from manifold_nas.cell import ChosenEdge
 from manifold_nas.errors import UserInputError
 
-__all__ = ["GENOTYPE_FORMAT", "GENOTYPE_VERSION", "Genotype"]
+__all__ = ["GENOTYPE_FORMAT", "GENOTYPE_VERSION", "Genotype", "parse_cells"]
 
 GENOTYPE_FORMAT = "manifold-nas-genotype"
 GENOTYPE_VERSION = 1
+
+
+def parse_cells(data: Mapping[str, Any]) -> dict[str, tuple[ChosenEdge, ...]]:
+    """``{cell_type: [[op, source, target], ...]}`` (the JSON form) as chosen edges."""
+    return {
+        str(name): tuple(ChosenEdge(str(op), int(s), int(t)) for op, s, t in edges)
+        for name, edges in data.items()
+    }
 
 
 @dataclass(frozen=True)
@@ -64,10 +72,7 @@ class Genotype:
                 f"this manifold-nas reads version {GENOTYPE_VERSION}"
             )
         try:
-            cells = {
-                name: tuple(ChosenEdge(str(op), int(s), int(t)) for op, s, t in edges)
-                for name, edges in data["cells"].items()
-            }
+            cells = parse_cells(data["cells"])
             return cls(
                 opset=str(data["opset"]),
                 cells=cells,
@@ -78,8 +83,9 @@ class Genotype:
                 },
                 config=dict(data.get("config", {})),
             )
-        except (KeyError, TypeError, ValueError) as err:
-            raise UserInputError(f"{source} is a malformed genotype: {err}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UserInputError(f"{source} is a malformed genotype: {reason}") from None
 
     def save(self, path: str | Path) -> None:
         path = Path(path)

@@ -12,7 +12,11 @@ domain's operations:
 * ``aggregate``: how a node combines its incoming edges (default: sum);
 * ``combine``: how a cell combines its intermediate nodes (default: channel
   concatenation);
-* ``dtype``: the dtype networks built from this op set run in.
+* ``dtype``: the dtype networks built from this op set run in;
+* ``examples``: probes for the registry-driven contract tests (an
+  :class:`OpExample` per stride the domain uses), so every op of every op set,
+  a third party's included, is checked for shapes, dtype, finite gradients and
+  the domain's own invariant (SPD-ness, say) without a hand-written test.
 
 The search loop never branches on the domain: everything domain-specific is
 reached through these fields.
@@ -34,6 +38,7 @@ __all__ = [
     "OPSETS",
     "Aggregator",
     "Mixer",
+    "OpExample",
     "OpFactory",
     "OpSet",
     "OpSpec",
@@ -110,6 +115,20 @@ def channel_concat(inputs: Sequence[Tensor]) -> Tensor:
 
 
 @dataclass(frozen=True)
+class OpExample:
+    """A probe for contract tests: what to build, what to feed it, what must come out.
+
+    ``check(output)`` raises ``AssertionError`` when the output breaks the
+    domain's invariant (e.g. is not symmetric positive definite).
+    """
+
+    spec: OpSpec
+    inputs: Tensor
+    output_shape: tuple[int, ...]
+    check: Callable[[Tensor], None] | None = None
+
+
+@dataclass(frozen=True)
 class OpSet:
     """A named set of candidate operations and their combination rules."""
 
@@ -123,6 +142,7 @@ class OpSet:
     parameter_free: frozenset[str] = frozenset()
     supports_partial_channels: bool = False
     description: str = ""
+    examples: Callable[[], Sequence[OpExample]] | None = None
 
     def __post_init__(self) -> None:
         if not self.ops:

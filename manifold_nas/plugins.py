@@ -1,20 +1,43 @@
-"""Loading the built-in domains, which register themselves on import.
+"""Plugins: everything registered through the ``manifold_nas.*`` entry-point groups.
 
-Third-party packages do not need this: their entry points
-(``manifold_nas.opsets``, ``manifold_nas.networks``, ...) are read by the
-registries themselves.
+The built-in domains are declared in ``pyproject.toml`` exactly like a third
+party's package would declare them (``[project.entry-points."manifold_nas.opsets"]``
+and so on), so the core never names a domain module. Every registry scans
+its own group lazily on first use; :func:`load_plugins` forces all of them
+at once, for commands that browse every registry (``manifold-nas list``).
 """
 
 from __future__ import annotations
 
-import importlib
+from manifold_nas.registry import Registry
 
-__all__ = ["BUILTIN_DOMAINS", "load_builtin_domains"]
+__all__ = ["ENTRY_POINT_PREFIX", "all_registries", "load_plugins"]
 
-BUILTIN_DOMAINS = ("domains.vision", "domains.spd", "domains.volumetric")
+ENTRY_POINT_PREFIX = "manifold_nas."
 
 
-def load_builtin_domains() -> None:
-    """Import every built-in domain package (idempotent)."""
-    for module in BUILTIN_DOMAINS:
-        importlib.import_module(module)
+def all_registries() -> dict[str, Registry]:
+    """Every registry of the core, by the kind name ``manifold-nas list`` uses."""
+    from manifold_nas.data import DATASETS
+    from manifold_nas.networks import NETWORKS
+    from manifold_nas.opset import OPSETS
+    from manifold_nas.optim import ARCH_OPTIMIZERS
+    from manifold_nas.relaxations import RELAXATIONS
+    from manifold_nas.selection import SELECTORS
+    from manifold_nas.strategies import STRATEGIES
+
+    return {
+        "opsets": OPSETS,
+        "relaxations": RELAXATIONS,
+        "optimizers": ARCH_OPTIMIZERS,
+        "selectors": SELECTORS,
+        "strategies": STRATEGIES,
+        "datasets": DATASETS,
+        "networks": NETWORKS,
+    }
+
+
+def load_plugins() -> None:
+    """Load every entry point of every ``manifold_nas.*`` group (idempotent)."""
+    for registry in all_registries().values():
+        registry.list()

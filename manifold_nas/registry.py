@@ -11,11 +11,15 @@ which is loaded lazily the first time the registry is queried.
 from __future__ import annotations
 
 import fnmatch
+import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
 from manifold_nas.errors import UserInputError
+
+LOGGER = logging.getLogger("manifold_nas")
 
 __all__ = ["Registry"]
 
@@ -35,8 +39,11 @@ class Registry(Generic[T]):
         its module already registered that name).
     """
 
-    def __init__(self, kind: str, entry_point_group: str | None = None) -> None:
+    def __init__(
+        self, kind: str, entry_point_group: str | None = None, singular: str | None = None
+    ) -> None:
         self.kind = kind
+        self.singular = singular or kind[:-1]
         self.entry_point_group = entry_point_group
         self._items: dict[str, T] = {}
         self._entry_points_loaded = entry_point_group is None
@@ -46,7 +53,7 @@ class Registry(Generic[T]):
 
         def _add(value: T) -> T:
             if name in self._items and not overwrite and self._items[name] is not value:
-                raise ValueError(f"{self.kind[:-1]} {name!r} is already registered")
+                raise ValueError(f"{self.singular} {name!r} is already registered")
             self._items[name] = value
             return value
 
@@ -54,12 +61,50 @@ class Registry(Generic[T]):
             return _add(obj)
         return _add
 
+    def unregister(self, name: str) -> T:
+        """Remove ``name`` and return what was registered under it."""
+        self._load_entry_points()
+        try:
+            return self._items.pop(name)
+        except KeyError:
+            raise UserInputError(f"{self.singular} {name!r} is not registered") from None
+
+    @contextmanager
+    def registered(self, name: str, obj: T) -> Iterator[T]:
+        """Register ``obj`` as ``name`` for the duration of a ``with`` block."""
+        self._load_entry_points()
+        previous = self._items.get(name)
+        self.register(name, obj, overwrite=True)
+        try:
+            yield obj
+        finally:
+            if previous is None:
+                self._items.pop(name, None)
+            else:
+                self._items[name] = previous
+
+    def reload_entry_points(self) -> None:
+        """Scan the entry-point group again (after installing a plugin at run time)."""
+        self._entry_points_loaded = self.entry_point_group is None
+        self._load_entry_points()
+
     def _load_entry_points(self) -> None:
         if self._entry_points_loaded:
             return
         self._entry_points_loaded = True
         for ep in entry_points(group=self.entry_point_group):
-            loaded = ep.load()
+            try:
+                loaded = ep.load()
+            except Exception as err:  # a broken plugin must not take the others down
+                first = str(err).splitlines()[0] if str(err) else type(err).__name__
+                LOGGER.warning(
+                    "skipping %s %r from entry point %s: %s",
+                    self.singular,
+                    ep.name,
+                    ep.value,
+                    first,
+                )
+                continue
             if ep.name not in self._items:
                 self._items[ep.name] = loaded
 
@@ -71,7 +116,7 @@ class Registry(Generic[T]):
         except KeyError:
             known = ", ".join(sorted(self._items)) or "none"
             raise UserInputError(
-                f"unknown {self.kind[:-1]} {name!r}; registered {self.kind}: {known}"
+                f"unknown {self.singular} {name!r}; registered {self.kind}: {known}"
             ) from None
 
     def __contains__(self, name: str) -> bool:

@@ -23,7 +23,8 @@ def test_readme_opset_example_registers_and_searches(tmp_path, monkeypatch, caps
         assert "opset tiny" in capsys.readouterr().out
         assert (tmp_path / "runs" / "tiny" / "genotype.json").is_file()
     finally:
-        OPSETS._items.pop("tiny", None)
+        if "tiny" in OPSETS:
+            OPSETS.unregister("tiny")
 
 
 def test_readme_spd_ops_example_runs(capsys):

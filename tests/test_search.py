@@ -1,5 +1,6 @@
-"""The search loop: reproducible, resumable, and producing a rebuildable genotype."""
+"""The bilevel strategy: reproducible, resumable, pinned to its pre-strategy-layer results."""
 
+import json
 import os
 import signal
 import subprocess
@@ -16,51 +17,88 @@ from manifold_nas.cell import ChosenEdge
 from manifold_nas.config import parse_config
 from manifold_nas.genotype import Genotype
 from manifold_nas.opset import OPSETS, OpSpec
-from manifold_nas.search import SearchRun, build_data, build_network, count_parameters
+from manifold_nas.relaxations import RELAXATIONS
+from manifold_nas.run import Run, build_network, count_parameters
+from manifold_nas.search import search
+from manifold_nas.strategies.bilevel import BilevelStrategy
 from manifold_nas.training import train_derived
 
 REPO = Path(__file__).resolve().parents[1]
+REFERENCE = Path(__file__).resolve().parent / "data" / "bilevel_reference.json"
+
+TINY_SPD = {
+    "seed": 1,
+    "threads": 1,
+    "data": {"name": "basic_motions"},
+    "network": {"name": "spdnetnas", "opset": "spd", "cells": 2, "nodes": 2, "channels": 1},
+    "relaxation": {"name": "sparsemax"},
+    "search": {
+        "epochs": 3,
+        "batch_size": 10,
+        "max_steps_per_epoch": 4,
+        "weight_optimizer": {"name": "riemannian_adam", "lr": 0.01},
+        "arch_optimizer": {"name": "riemannian_adam", "lr": 0.01},
+    },
+    "train": {"epochs": 1},
+}
 
 
-def arch_state(run):
-    return {k: v.detach().clone() for k, v in run.supernet.arch.alphas.items()}
+def bilevel(config_dict):
+    run = Run(parse_config(config_dict), quiet=True)
+    strategy = BilevelStrategy()
+    strategy.setup(run)
+    return run, strategy
 
 
-def test_same_seed_gives_identical_architecture_parameters(tiny_config_dict, tmp_path):
-    cfg = parse_config(tiny_config_dict)
-    first, second = (
-        SearchRun(cfg, tmp_path / "a", quiet=True),
-        SearchRun(cfg, tmp_path / "b", quiet=True),
-    )
-    first.train_epoch()
-    second.train_epoch()
+def arch_state(strategy):
+    return {k: v.detach().clone() for k, v in strategy.supernet.arch.alphas.items()}
+
+
+@pytest.mark.parametrize("case", ["vision", "vision_second", "spd"])
+def test_bilevel_reproduces_the_alphas_and_genotype_of_the_code_before_strategies(case, tmp_path):
+    # Recorded with the pre-strategy-layer SearchRun on the same seeds (one thread).
+    reference = json.loads(REFERENCE.read_text())[case]
+    result = search(parse_config(reference["config"]), tmp_path, quiet=True)
+    alphas = {
+        k: v.detach().double().tolist() for k, v in result.strategy.supernet.arch.alphas.items()
+    }
+    assert alphas == reference["alphas"]
+    assert result.genotype.to_dict()["cells"] == reference["cells"]
+
+
+def test_same_seed_gives_identical_architecture_parameters(tiny_config_dict):
+    (run_a, first), (run_b, second) = bilevel(tiny_config_dict), bilevel(tiny_config_dict)
+    first.train_epoch(run_a)
+    second.train_epoch(run_b)
     for name, value in arch_state(first).items():
         assert torch.equal(value, arch_state(second)[name])
 
 
-def test_different_seeds_give_different_architecture_parameters(tiny_config_dict, tmp_path):
-    other = dict(tiny_config_dict, seed=1)
-    a = SearchRun(parse_config(tiny_config_dict), tmp_path / "a", quiet=True)
-    b = SearchRun(parse_config(other), tmp_path / "b", quiet=True)
-    a.train_epoch()
-    b.train_epoch()
+def test_different_seeds_give_different_architecture_parameters(tiny_config_dict):
+    run_a, a = bilevel(tiny_config_dict)
+    run_b, b = bilevel(dict(tiny_config_dict, seed=1))
+    a.train_epoch(run_a)
+    b.train_epoch(run_b)
     assert not torch.equal(arch_state(a)["normal"], arch_state(b)["normal"])
 
 
 def test_search_writes_the_run_directory(tiny_config_dict, tmp_path):
-    run = SearchRun(parse_config(tiny_config_dict), tmp_path, quiet=True)
-    genotype = run.run()
-    for name in ("config.yaml", "metrics.jsonl", "checkpoint.pt", "genotype.json"):
+    result = search(parse_config(tiny_config_dict), tmp_path, quiet=True)
+    for name in ("config.yaml", "metrics.jsonl", "checkpoint.pt", "genotype.json", "summary.json"):
         assert (tmp_path / name).is_file(), name
-    assert Genotype.load(tmp_path / "genotype.json") == genotype
+    assert Genotype.load(tmp_path / "genotype.json") == result.genotype
     epochs = [
         r
-        for r in map(yaml.safe_load, (tmp_path / "metrics.jsonl").read_text().splitlines())
+        for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
         if r["type"] == "epoch"
     ]
     assert [r["epoch"] for r in epochs] == [0, 1]
     assert set(epochs[-1]["probabilities"]) == {"normal", "reduce"}
     assert "mean_entropy" in epochs[-1] and "parameter_free" in epochs[-1]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["strategy"] == "bilevel" and "accuracy" in summary["final"]
+    assert summary["parameters"]["derived"] < summary["parameters"]["supernet_weights"]
+    assert not list(tmp_path.glob(".*lock*")), "the lock is released after the search"
 
 
 def test_genotype_round_trips_through_json(tmp_path):
@@ -77,7 +115,7 @@ def test_genotype_round_trips_through_json(tmp_path):
 
 def test_derived_network_has_exactly_the_chosen_ops_parameters(tiny_config_dict):
     cfg = parse_config(tiny_config_dict)
-    bundle = build_data(cfg)
+    bundle = Run(cfg).bundle
     cells = {
         "normal": (
             ChosenEdge("sep_conv_3x3", 0, 2),
@@ -109,24 +147,31 @@ def test_derived_network_has_exactly_the_chosen_ops_parameters(tiny_config_dict)
 
 def test_train_derived_reports_test_metrics(tiny_config_dict, tmp_path):
     cfg = parse_config(tiny_config_dict)
-    genotype = SearchRun(cfg, tmp_path, quiet=True).run()
+    genotype = search(cfg, tmp_path, quiet=True).genotype
     summary = train_derived(genotype, cfg, tmp_path / "retrain", quiet=True)
     assert 0.0 <= summary["test"]["accuracy"] <= 1.0
     assert (tmp_path / "retrain" / "train_summary.json").is_file()
 
 
-@pytest.mark.parametrize("relaxation", ["gumbel", "dirichlet", "sigmoid", "sparsemax"])
-def test_search_runs_with_every_relaxation(tiny_config_dict, tmp_path, relaxation):
+@pytest.mark.parametrize("relaxation", RELAXATIONS.list())
+def test_search_runs_end_to_end_with_every_registered_relaxation(
+    tiny_config_dict, tmp_path, relaxation
+):
     tiny_config_dict["relaxation"] = {"name": relaxation}
     tiny_config_dict["search"]["epochs"] = 1
-    genotype = SearchRun(parse_config(tiny_config_dict), tmp_path, quiet=True).run()
-    assert all(len(edges) == 4 for edges in genotype.cells.values())
+    if relaxation in ("simplex", "sphere"):
+        tiny_config_dict["search"]["arch_optimizer"] = {"name": "riemannian_sgd", "lr": 0.1}
+    result = search(parse_config(tiny_config_dict), tmp_path, quiet=True)
+    assert all(len(edges) == 4 for edges in result.genotype.cells.values())
+    for rows in result.genotype.probabilities.values():
+        for row in rows:
+            assert abs(sum(row) - 1.0) < 1e-4 and min(row) >= 0.0
 
 
 def test_second_order_search_with_partial_channels(tiny_config_dict, tmp_path):
     tiny_config_dict["search"].update(epochs=1, order="second", max_steps_per_epoch=2)
     tiny_config_dict["network"]["partial_channels"] = 2
-    genotype = SearchRun(parse_config(tiny_config_dict), tmp_path, quiet=True).run()
+    genotype = search(parse_config(tiny_config_dict), tmp_path, quiet=True).genotype
     assert genotype.opset == "darts"
 
 
@@ -134,8 +179,7 @@ def test_perturbation_selection_projects_every_edge(tiny_config_dict, tmp_path):
     tiny_config_dict["search"]["epochs"] = 1
     tiny_config_dict["data"]["test_fraction"] = 0.8
     tiny_config_dict["selection"] = {"name": "perturbation", "finetune_epochs": 0}
-    run = SearchRun(parse_config(tiny_config_dict), tmp_path, quiet=True)
-    genotype = run.run()
+    genotype = search(parse_config(tiny_config_dict), tmp_path, quiet=True).genotype
     for name, edges in genotype.cells.items():
         targets = [e.target for e in edges]
         assert all(targets.count(t) == 2 for t in set(targets)), name
@@ -146,22 +190,17 @@ KILL_SCRIPT = textwrap.dedent(
     """
     import sys, yaml
     from manifold_nas.config import parse_config
-    from manifold_nas.search import SearchRun
+    from manifold_nas.search import search
     cfg = parse_config(yaml.safe_load(open(sys.argv[1])))
-    run = SearchRun(cfg, sys.argv[2], quiet=True)
-    run.resume()
-    run.run()
+    search(cfg, sys.argv[2], resume=True, quiet=True)
     """
 )
 
 
-def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_config_dict, tmp_path):
-    tiny_config_dict["search"].update(epochs=3, max_steps_per_epoch=6)
+def kill_during(config_dict, tmp_path, marker):
+    """Start a search in a subprocess, SIGKILL it once ``marker`` is in metrics.jsonl."""
     cfg_path = tmp_path / "cfg.yaml"
-    cfg_path.write_text(yaml.safe_dump(tiny_config_dict))
-    reference = SearchRun(parse_config(tiny_config_dict), tmp_path / "reference", quiet=True)
-    expected = reference.run()
-
+    cfg_path.write_text(yaml.safe_dump(config_dict))
     out = tmp_path / "killed"
     script = tmp_path / "search.py"
     script.write_text(KILL_SCRIPT)
@@ -172,22 +211,59 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_config_dict, tmp
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and '"epoch": 1, "step": 2' in metrics.read_text():
+        if metrics.exists() and marker in metrics.read_text():
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.02)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the search finished before it could be killed"
+    return out
+
+
+def all_tensors(strategy):
+    tensors = dict(strategy.supernet.state_dict())
+    for name in ("weight_optimizer", "arch_optimizer"):
+        for index, state in getattr(strategy, name).state_dict()["state"].items():
+            for key, value in state.items():
+                tensors[f"{name}.{index}.{key}"] = value
+    return tensors
+
+
+def assert_bit_identical(a, b):
+    ta, tb = all_tensors(a), all_tensors(b)
+    assert ta.keys() == tb.keys()
+    for key, value in ta.items():
+        other = tb[key]
+        if isinstance(value, torch.Tensor):
+            assert value.dtype == other.dtype and torch.equal(value, other), key
+        else:
+            assert type(value) is type(other) and value == other, key
+
+
+@pytest.mark.parametrize("case", ["vision", "spd"])
+def test_resume_after_sigkill_matches_an_uninterrupted_run_bit_for_bit(
+    tiny_config_dict, tmp_path, case
+):
+    if case == "vision":
+        config_dict = tiny_config_dict
+        config_dict["search"].update(epochs=3, max_steps_per_epoch=6)
+    else:
+        config_dict = TINY_SPD
+    reference = search(parse_config(config_dict), tmp_path / "reference", quiet=True)
+    out = kill_during(config_dict, tmp_path, '"epoch": 1, "step": 1')
     assert (out / "checkpoint.pt").exists() and not (out / "genotype.json").exists()
 
-    resumed = SearchRun(parse_config(tiny_config_dict), out, quiet=True)
-    assert resumed.resume() and resumed.epoch == 1
-    genotype = resumed.run()
-    assert genotype.cells == expected.cells
-    for name, value in arch_state(reference).items():
-        assert torch.equal(value, arch_state(resumed)[name])
-    lines = [yaml.safe_load(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    resumed = search(parse_config(config_dict), out, resume=True, quiet=True)
+    assert resumed.strategy.epoch == config_dict["search"]["epochs"]
+    assert resumed.genotype.cells == reference.genotype.cells
+    assert_bit_identical(reference.strategy, resumed.strategy)
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    ref_lines = [
+        json.loads(x) for x in (tmp_path / "reference" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [r["epoch"] for r in lines if r["type"] == "epoch"] == [0, 1, 2]
+    strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
+    assert [strip(r) for r in lines] == [strip(r) for r in ref_lines]
 
 
 def test_opset_from_an_installed_entry_point_is_found_and_searched(
@@ -219,21 +295,23 @@ def test_opset_from_an_installed_entry_point_is_found_and_searched(
         "[manifold_nas.opsets]\ntiny_plugin = my_tiny_ops:OPSET\n"
     )
     monkeypatch.syspath_prepend(str(package))
-    monkeypatch.setattr(OPSETS, "_entry_points_loaded", False)
-    assert "tiny_plugin" in OPSETS.list()
-    tiny_config_dict["network"]["opset"] = "tiny_plugin"
-    tiny_config_dict["search"]["epochs"] = 1
-    genotype = SearchRun(parse_config(tiny_config_dict), tmp_path / "run", quiet=True).run()
-    assert genotype.opset == "tiny_plugin"
-    assert {e.op for edges in genotype.cells.values() for e in edges} <= {"conv", "skip"}
-    monkeypatch.delitem(OPSETS._items, "tiny_plugin")
+    OPSETS.reload_entry_points()
+    try:
+        assert "tiny_plugin" in OPSETS.list()
+        tiny_config_dict["network"]["opset"] = "tiny_plugin"
+        tiny_config_dict["search"]["epochs"] = 1
+        genotype = search(parse_config(tiny_config_dict), tmp_path / "run", quiet=True).genotype
+        assert genotype.opset == "tiny_plugin"
+        assert {e.op for edges in genotype.cells.values() for e in edges} <= {"conv", "skip"}
+    finally:
+        OPSETS.unregister("tiny_plugin")
 
 
-def test_hessian_eigenvalue_is_logged_per_epoch(tiny_config_dict, tmp_path):
+def test_hessian_eigenvalue_is_logged_per_epoch(tiny_config_dict):
     tiny_config_dict["search"].update(epochs=1, hessian_eigenvalue=True)
-    run = SearchRun(parse_config(tiny_config_dict), tmp_path, quiet=True)
-    run.train_epoch()
-    value = run.history[-1]["hessian_eigenvalue"]
+    run, strategy = bilevel(tiny_config_dict)
+    strategy.train_epoch(run)
+    value = strategy.history[-1]["hessian_eigenvalue"]
     assert isinstance(value, float) and value == value
 
 

@@ -15,12 +15,10 @@ from manifold_nas.genotype import Genotype
 from manifold_nas.networks import NETWORKS
 from manifold_nas.opset import OPSETS, OpSpec
 from manifold_nas.optim import build_optimizer
-from manifold_nas.plugins import load_builtin_domains
 from manifold_nas.relaxations import RELAXATIONS
-from manifold_nas.search import SearchRun
+from manifold_nas.search import search
 from manifold_nas.supernet import ArchitectureParameters, Supernet
 
-load_builtin_domains()
 OPSET = OPSETS.get("spd")
 N, CLASSES = 8, 3
 
@@ -177,7 +175,7 @@ def test_tiny_search_on_basic_motions_yields_a_genotype_of_the_right_ops(tmp_pat
             },
         }
     )
-    genotype = SearchRun(config, tmp_path, quiet=True).run()
+    genotype = search(config, tmp_path, quiet=True).genotype
     assert genotype.opset == "spd"
     for cell_type, ops in (("normal", NORMAL_OPS), ("reduce", REDUCE_OPS)):
         edges = genotype.cells[cell_type]

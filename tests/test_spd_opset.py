@@ -14,10 +14,8 @@ from domains.spd.ops import (
     frechet_mix,
 )
 from manifold_nas.opset import OPSETS, OpSpec
-from manifold_nas.plugins import load_builtin_domains
 from spd_ops import airm_distance, frechet_mean
 
-load_builtin_domains()
 OPSET = OPSETS.get("spd")
 SIZES = {1: (6, 6), 2: (6, 3)}
 CHANNELS = {"same": (2, 2), "different": (2, 3)}

@@ -25,7 +25,7 @@ from domains.spd.ops import NORMAL_OPS, REDUCE_OPS
 from manifold_nas.cell import ArchSpec, DerivedCell, SearchCell, cell_arch_spec
 from manifold_nas.data import DataBundle
 from manifold_nas.genotype import Genotype
-from manifold_nas.networks import NETWORKS
+from manifold_nas.networks import NETWORKS, network_example
 from manifold_nas.opset import OpSet, OpSpec
 from spd_ops import BiMap, LogEig, ReEig, SPDBatchNorm
 
@@ -248,6 +248,7 @@ def _dims(dims: Sequence[int] | None, n: int) -> list[int]:
 
 
 @NETWORKS.register("spdnetnas")
+@network_example({"name": "basic_motions"}, opset="spd", cells=2, nodes=2, channels=1)
 def build_spdnetnas(
     opset: OpSet,
     data: DataBundle,
@@ -286,6 +287,7 @@ def build_spdnetnas(
 
 
 @NETWORKS.register("spdnet")
+@network_example({"name": "basic_motions"}, opset="spd")
 def build_spdnet(
     opset: OpSet,
     data: DataBundle,
@@ -299,6 +301,7 @@ def build_spdnet(
 
 
 @NETWORKS.register("spdnetbn")
+@network_example({"name": "basic_motions"}, opset="spd")
 def build_spdnetbn(
     opset: OpSet,
     data: DataBundle,

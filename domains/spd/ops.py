@@ -66,7 +66,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from manifold_nas.opset import OpSet, OpSpec, register_opset
+from manifold_nas.opset import OpExample, OpSet, OpSpec, register_opset
 from manifold_nas.sparsemax import sparsemax
 from spd_ops import (
     BiMap,
@@ -304,6 +304,24 @@ def _skip(spec: OpSpec) -> nn.Module:
     return Skip(spec.c_in, spec.c_out, *matrix_sizes(spec))
 
 
+def _assert_spd(x: Tensor) -> None:
+    assert torch.allclose(x, x.mT, atol=1e-10), "output is not symmetric"
+    assert bool((torch.linalg.eigvalsh(x) > 0).all()), "output is not positive definite"
+
+
+def spd_examples() -> list[OpExample]:
+    """Contract-test probes: 2 -> 2 and 2 -> 3 channels of 6x6 SPD matrices, strides 1 (6 -> 6) and 2 (6 -> 3)."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 2, 6, 9, dtype=torch.float64, generator=generator)
+    x = a @ a.mT / 9 + 0.1 * torch.eye(6, dtype=torch.float64)
+    examples = []
+    for c_out in (2, 3):
+        for stride, n_out in ((1, 6), (2, 3)):
+            spec = OpSpec(2, c_out, stride, {"n_in": 6, "n_out": n_out})
+            examples.append(OpExample(spec, x, (3, c_out, n_out, n_out), _assert_spd))
+    return examples
+
+
 SPD_OPSET = register_opset(
     OpSet(
         name="spd",
@@ -325,5 +343,6 @@ SPD_OPSET = register_opset(
         parameter_free=frozenset({"none", "Skip", "AvgPooling", "MaxPooling"}),
         description="SPDNetNAS (IJCAI'21) ops on multi-channel SPD matrices; "
         "Fréchet-mean mixing and aggregation",
+        examples=spd_examples,
     )
 )

@@ -15,7 +15,7 @@ from domains.vision.ops import FactorizedReduce, ReLUConvBN
 from manifold_nas.cell import ArchSpec, DerivedCell, SearchCell, cell_arch_spec, cell_edge_specs
 from manifold_nas.data import DataBundle
 from manifold_nas.genotype import Genotype
-from manifold_nas.networks import NETWORKS
+from manifold_nas.networks import NETWORKS, network_example
 from manifold_nas.opset import OpSet
 
 __all__ = ["DartsNetwork", "NB201Network", "SimpleCNN", "reduction_positions"]
@@ -174,6 +174,9 @@ class NB201Network(nn.Module):
 
 
 @NETWORKS.register("darts_cnn")
+@network_example(
+    {"name": "digits"}, opset="darts", channels=4, layers=3, nodes=2, stem_multiplier=1
+)
 def build_darts_network(
     opset: OpSet,
     data: DataBundle,
@@ -199,6 +202,7 @@ def build_darts_network(
 
 
 @NETWORKS.register("nb201")
+@network_example({"name": "digits"}, opset="nb201", channels=4, cells_per_stage=1)
 def build_nb201_network(
     opset: OpSet,
     data: DataBundle,
@@ -242,6 +246,7 @@ class SimpleCNN(nn.Module):
 
 
 @NETWORKS.register("simple_cnn")
+@network_example({"name": "digits"}, opset="darts", channels=4, depth=1)
 def build_simple_cnn(
     opset: OpSet,
     data: DataBundle,

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from manifold_nas.opset import OpFactory, OpSet, OpSpec, register_opset
+from manifold_nas.opset import OpExample, OpFactory, OpSet, OpSpec, register_opset
 
 __all__ = [
     "DARTS_OPSET",
@@ -349,6 +349,15 @@ def relu_conv_bn_op(kernel_size: int) -> OpFactory:
     return _named(build, f"nor_conv_{kernel_size}x{kernel_size}")
 
 
+def image_examples() -> list[OpExample]:
+    """Contract-test probes: 4 -> 4 channels on odd-sized images at strides 1 and 2 (cells keep widths)."""
+    x = torch.randn(2, 4, 7, 9)
+    return [
+        OpExample(OpSpec(4, 4, 1), x, (2, 4, 7, 9)),
+        OpExample(OpSpec(4, 4, 2), x, (2, 4, 4, 5)),
+    ]
+
+
 DARTS_OPSET = register_opset(
     OpSet(
         name="darts",
@@ -367,6 +376,7 @@ DARTS_OPSET = register_opset(
         supports_partial_channels=True,
         description="DARTS CNN space (Liu et al. 2019): pooling, skip, separable and "
         "dilated convolutions",
+        examples=image_examples,
     )
 )
 
@@ -385,5 +395,6 @@ NB201_OPSET = register_opset(
         supports_partial_channels=True,
         description="NAS-Bench-201 space (Dong & Yang 2020): skip, ReLU-Conv-BN 1x1/3x3, "
         "3x3 average pooling",
+        examples=image_examples,
     )
 )

@@ -1,0 +1,41 @@
+"""Search strategies: the :data:`STRATEGIES` registry and the built-in strategies.
+
+=============  ================================================================
+``bilevel``    DARTS-family differentiable search (the default): alternating
+               weight and architecture steps, first or second order, then a
+               selector (:mod:`manifold_nas.strategies.bilevel`)
+``random``     random search: sample genotypes, train each briefly through
+               :meth:`~manifold_nas.run.Run.train`, keep the best
+               (:mod:`manifold_nas.strategies.random_search`)
+=============  ================================================================
+
+Third parties add strategies through the entry-point group
+``manifold_nas.strategies`` (a :class:`~manifold_nas.strategies.base.Strategy`
+subclass per entry point).
+"""
+
+from __future__ import annotations
+
+from manifold_nas.registry import Registry
+from manifold_nas.strategies.base import Strategy
+
+__all__ = ["STRATEGIES", "Strategy", "register_strategy"]
+
+STRATEGIES: Registry[type[Strategy]] = Registry(
+    "strategies", entry_point_group="manifold_nas.strategies", singular="strategy"
+)
+
+
+def register_strategy(name: str):
+    """Class decorator: register a :class:`Strategy` subclass as ``name``."""
+
+    def add(cls: type[Strategy]) -> type[Strategy]:
+        cls.name = name
+        STRATEGIES.register(name, cls)
+        return cls
+
+    return add
+
+
+# The built-in strategies register on import.
+from manifold_nas.strategies import bilevel, random_search  # noqa: E402, F401

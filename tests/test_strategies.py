@@ -1,0 +1,201 @@
+"""The strategy layer: registered strategies, one run context, one run-directory layout."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from manifold_nas.cli import main
+from manifold_nas.config import parse_config
+from manifold_nas.genotype import Genotype
+from manifold_nas.search import search
+from manifold_nas.strategies import STRATEGIES, Strategy
+from manifold_nas.strategies.random_search import RandomSearch
+
+REPO = Path(__file__).resolve().parents[1]
+LAYOUT = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "genotype.json", "summary.json")
+#: the smallest budget of each built-in strategy; a new strategy runs with its defaults
+TINY_OPTIONS = {"random": {"trials": 2, "epochs": 1}}
+
+
+def read_records(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def test_list_strategies_shows_bilevel_and_random(capsys):
+    assert main(["list", "strategies"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("strategies:")
+    assert "bilevel" in out and "random" in out
+
+
+def test_bilevel_is_the_default_strategy(tiny_config_dict):
+    assert parse_config(tiny_config_dict).strategy == {"name": "bilevel"}
+
+
+@pytest.mark.parametrize("name", STRATEGIES.list())
+def test_every_registered_strategy_writes_the_same_run_directory_layout(
+    name, tiny_config_dict, tmp_path
+):
+    tiny_config_dict["strategy"] = {"name": name, **TINY_OPTIONS.get(name, {})}
+    result = search(parse_config(tiny_config_dict), tmp_path, quiet=True)
+    for file in LAYOUT:
+        assert (tmp_path / file).is_file(), file
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["strategy"] == name
+    assert "accuracy" in summary["final"] and summary["parameters"]["derived"] > 0
+    assert Genotype.load(tmp_path / "genotype.json") == result.genotype
+    assert set(result.genotype.cells) == {"normal", "reduce"}
+
+
+def test_random_search_from_the_command_line(tiny_config_dict, tmp_path, capsys):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config_dict))
+    out = tmp_path / "run"
+    code = main(
+        ["search", str(cfg), "strategy.name=random", "strategy.trials=3", "strategy.epochs=1"]
+        + ["--out", str(out), "--quiet"]
+    )
+    assert code == 0, capsys.readouterr().err
+    trials = [r for r in read_records(out / "metrics.jsonl") if r["type"] == "trial"]
+    assert [t["trial"] for t in trials] == [0, 1, 2]
+    best = max(trials, key=lambda t: (t["valid"]["accuracy"], -t["trial"]))
+    assert Genotype.load(out / "genotype.json").to_dict()["cells"] == best["genotype"]
+    assert json.loads((out / "summary.json").read_text())["best_trial"] == best["trial"]
+
+
+def test_random_trials_differ_and_are_scored_on_the_validation_split(tiny_config_dict, tmp_path):
+    tiny_config_dict["strategy"] = {"name": "random", "trials": 3, "epochs": 1}
+    result = search(parse_config(tiny_config_dict), tmp_path, quiet=True)
+    trials = result.strategy.trials
+    assert len({json.dumps(t["genotype"]) for t in trials}) == 3
+    n_valid = len(result.run.valid_set)
+    for trial in trials:
+        # accuracy on the validation split is a multiple of 1 / its size
+        assert (
+            abs(trial["valid"]["accuracy"] * n_valid - round(trial["valid"]["accuracy"] * n_valid))
+            < 1e-6
+        )
+
+
+def test_unknown_strategy_option_is_refused_with_the_valid_ones(tiny_config_dict, tmp_path, capsys):
+    cfg = tmp_path / "cfg.yaml"
+    tiny_config_dict["strategy"] = {"name": "random", "trails": 3}
+    cfg.write_text(yaml.safe_dump(tiny_config_dict))
+    code = main(["search", str(cfg), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "strategy.'trails'" in err and "trials" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_strategy_lists_the_registered_ones(tiny_config_dict, tmp_path, capsys):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config_dict))
+    code = main(["search", str(cfg), "strategy.name=annealing", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown strategy 'annealing'" in err and "bilevel" in err
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys, yaml
+    from manifold_nas.config import parse_config
+    from manifold_nas.search import search
+    search(parse_config(yaml.safe_load(open(sys.argv[1]))), sys.argv[2], resume=True, quiet=True)
+    """
+)
+
+
+def test_random_search_resumes_after_sigkill_to_the_same_trials(tiny_config_dict, tmp_path):
+    tiny_config_dict["strategy"] = {"name": "random", "trials": 4, "epochs": 1}
+    reference = search(parse_config(tiny_config_dict), tmp_path / "reference", quiet=True)
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config_dict))
+    script = tmp_path / "search.py"
+    script.write_text(KILL_SCRIPT)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(cfg), str(out)],
+        cwd=REPO,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        metrics = out / "metrics.jsonl"
+        if metrics.exists() and '"trial": 1' in metrics.read_text():
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the search finished before it could be killed"
+
+    resumed = search(parse_config(tiny_config_dict), out, resume=True, quiet=True)
+    strip = lambda t: {k: v for k, v in t.items() if k != "seconds"}  # noqa: E731
+    assert [strip(t) for t in resumed.strategy.trials] == [
+        strip(t) for t in reference.strategy.trials
+    ]
+    assert resumed.genotype.cells == reference.genotype.cells
+    logged = [strip(r) for r in read_records(out / "metrics.jsonl")]
+    assert logged == [strip(r) for r in read_records(tmp_path / "reference" / "metrics.jsonl")]
+
+
+def test_a_strategy_from_an_installed_entry_point_is_found_and_runs(
+    tiny_config_dict, tmp_path, monkeypatch
+):
+    package = tmp_path / "site"
+    package.mkdir()
+    (package / "my_strategy.py").write_text(
+        textwrap.dedent(
+            """
+            import random
+            from manifold_nas.sampling import random_genotype
+            from manifold_nas.strategies import Strategy
+
+            class FirstDraw(Strategy):
+                '''Returns one random genotype without training anything.'''
+
+                def __init__(self, seed: int = 0):
+                    self.seed = seed
+
+                def run(self, run):
+                    specs = run.build_searchable().arch_specs
+                    rng = random.Random(self.seed)
+                    return random_genotype(specs, run.opset.name, run.opset.zero, rng)
+
+                def summary(self, run):
+                    return {"final": {"accuracy": 0.0}}
+            """
+        )
+    )
+    dist = package / "my_strategy-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-strategy\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(
+        "[manifold_nas.strategies]\nfirst_draw = my_strategy:FirstDraw\n"
+    )
+    monkeypatch.syspath_prepend(str(package))
+    STRATEGIES.reload_entry_points()
+    try:
+        cls = STRATEGIES.get("first_draw")
+        assert issubclass(cls, Strategy)
+        tiny_config_dict["strategy"] = {"name": "first_draw", "seed": 3}
+        result = search(parse_config(tiny_config_dict), tmp_path / "run", quiet=True)
+        assert result.summary["strategy"] == "first_draw"
+        assert (tmp_path / "run" / "genotype.json").is_file()
+    finally:
+        STRATEGIES.unregister("first_draw")
+
+
+def test_random_search_refuses_a_non_positive_budget():
+    with pytest.raises(ValueError, match="trials"):
+        RandomSearch(trials=0)
+    with pytest.raises(ValueError, match="epochs"):
+        RandomSearch(epochs=0)
