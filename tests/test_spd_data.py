@@ -13,13 +13,18 @@ import torch
 from sklearn.covariance import OAS, LedoitWolf
 
 import domains.spd  # noqa: F401  (registers the builders)
-from domains.spd.covariance import covariance_features, shrinkage_coefficients
-from domains.spd.data import stratified_split
+from domains.spd.covariance import (
+    covariance_features,
+    default_embedding_lag,
+    delay_embedding,
+    shrinkage_coefficients,
+)
+from domains.spd.data import aeon_univariate_problems, stratified_split
 from domains.spd.validation import encode_labels, validate_spd_dataset
 from manifold_nas.data import DATASETS
 from manifold_nas.errors import UserInputError
 
-SPD_DATASETS = ("japanese_vowels", "basic_motions", "timeseries_files", "spd_files")
+SPD_DATASETS = ("japanese_vowels", "basic_motions", "ucr_lag", "timeseries_files", "spd_files")
 
 
 def random_series(n=5, c=4, t=30, seed=0):
@@ -455,3 +460,249 @@ def test_augment_mean_embeds_the_gaussian_as_an_spd_matrix_one_larger():
         augmented[:, :4, :4] - mu[:, :, None] * mu[:, None, :], plain, atol=1e-12
     )
     assert (np.linalg.eigvalsh(augmented)[:, 0] > 0).all()
+
+
+# ------------------------------------------------ audit: refusals name the file
+
+
+def _save_single_class_npz(tmp_path, kind):
+    if kind == "spd_files":
+        x = random_spd(12, size=3)
+    else:
+        x = random_series(n=12, c=3, t=20)
+    np.savez(tmp_path / "one.npz", X=x, y=np.full(12, "only"))
+    return str(tmp_path / "one.npz")
+
+
+@pytest.mark.parametrize("kind", ["spd_files", "timeseries_files"])
+@pytest.mark.parametrize("with_test_file", [False, True])
+def test_training_labels_with_one_class_are_refused_naming_the_file(tmp_path, kind, with_test_file):
+    path = _save_single_class_npz(tmp_path, kind)
+    options = {"path": path, "test_path": path} if with_test_file else {"path": path}
+    with pytest.raises(UserInputError) as err:
+        DATASETS.get(kind)(**options)
+    message = str(err.value)
+    assert "one.npz" in message and "1 class" in message and "\n" not in message
+
+
+def test_training_file_of_one_class_is_refused_even_when_the_test_file_has_another(tmp_path):
+    x = random_spd(6, size=3)
+    np.savez(tmp_path / "train.npz", X=x, y=np.zeros(6, dtype=int))
+    np.savez(tmp_path / "test.npz", X=x, y=np.arange(6) % 2)
+    with pytest.raises(UserInputError, match="train.npz.*1 class"):
+        spd_files(path=str(tmp_path / "train.npz"), test_path=str(tmp_path / "test.npz"))
+
+
+@pytest.mark.parametrize("defect", ["nan", "asymmetric", "indefinite"])
+def test_spd_files_bad_sample_is_named_by_its_index_in_the_file_before_the_split(
+    tmp_path, spd_xy, defect
+):
+    # With seed 0 the stratified split holds out file samples 2, 7 and 9, so
+    # file sample 3 is the third training sample: an index counted after the
+    # split would read "sample 2".
+    x, y = spd_xy
+    if defect == "nan":
+        x[3, 0, 0] = np.nan
+    elif defect == "asymmetric":
+        x[3, 0, 1] += 1.0
+    else:
+        x[3] = np.diag([1.0, -1.0, 1.0])
+    np.savez(tmp_path / "d.npz", X=x, y=y)
+    with pytest.raises(UserInputError, match=r"d\.npz: sample 3 "):
+        spd_files(path=str(tmp_path / "d.npz"), test_fraction=0.3, seed=0)
+
+
+def test_timeseries_files_bad_series_is_named_by_file_and_index_in_the_file(tmp_path):
+    series = random_series(n=12, c=3, t=20)
+    series[3, 1, 5] = np.nan
+    np.savez(tmp_path / "s.npz", X=series, y=np.repeat(["a", "b", "c"], 4))
+    with pytest.raises(UserInputError, match=r"s\.npz: sample 3: contains NaN"):
+        DATASETS.get("timeseries_files")(path=str(tmp_path / "s.npz"), seed=0)
+
+
+def test_timeseries_files_bad_test_series_is_named_by_the_test_file(tmp_path):
+    series = random_series(n=12, c=3, t=20)
+    np.savez(tmp_path / "train.npz", X=series, y=np.repeat(["a", "b", "c"], 4))
+    series[1, 0, 0] = np.inf
+    np.savez(tmp_path / "test.npz", X=series, y=np.repeat(["a", "b", "c"], 4))
+    with pytest.raises(UserInputError, match=r"test\.npz: sample 1: contains inf"):
+        DATASETS.get("timeseries_files")(
+            path=str(tmp_path / "train.npz"), test_path=str(tmp_path / "test.npz")
+        )
+
+
+def test_spd_files_wrong_shape_reports_the_shape_of_the_file(tmp_path):
+    np.savez(tmp_path / "d.npz", X=np.ones((10, 6, 8)), y=np.arange(10) % 2)
+    with pytest.raises(UserInputError, match=r"d\.npz.*\(10, 6, 8\)"):
+        spd_files(path=str(tmp_path / "d.npz"))
+
+
+def test_matlab_layout_is_logged_once_at_warning_level_with_both_shapes(tmp_path, spd_xy, caplog):
+    x, y = spd_xy
+    scipy.io.savemat(tmp_path / "d.mat", {"X": np.moveaxis(x, 0, -1), "y": y})
+    with caplog.at_level(logging.WARNING, logger="manifold_nas"):
+        spd_files(path=str(tmp_path / "d.mat"))
+    records = [r for r in caplog.records if "MATLAB" in r.getMessage()]
+    assert len(records) == 1 and records[0].levelno == logging.WARNING
+    message = records[0].getMessage()
+    assert "d.mat" in message and "(3, 3, 12)" in message and "(12, 3, 3)" in message
+    assert "\n" not in message
+
+
+# ------------------------------------------------------------ delay embedding
+
+
+def brute_force_embedding(series, dim, lag):
+    """(c, t) -> (dim·c, steps), one delay vector per column, built entry by entry."""
+    c, t = series.shape
+    steps = t - (dim - 1) * lag
+    out = np.empty((dim * c, steps))
+    for s in range(steps):
+        for k in range(dim):
+            for j in range(c):
+                out[k * c + j, s] = series[j, s + k * lag]
+    return out
+
+
+@pytest.mark.parametrize(("channels", "dim", "lag"), [(1, 4, 3), (3, 2, 5), (2, 5, 1)])
+def test_delay_embedding_stacks_every_channel_delayed_by_multiples_of_the_lag(channels, dim, lag):
+    series = random_series(n=3, c=channels, t=40)
+    embedded = delay_embedding(series, dim, lag)
+    assert embedded.shape == (3, dim * channels, 40 - (dim - 1) * lag)
+    for i in range(3):
+        np.testing.assert_array_equal(embedded[i], brute_force_embedding(series[i], dim, lag))
+
+
+def test_lag_covariance_without_shrinkage_is_the_covariance_of_the_delay_vectors():
+    series = random_series(n=2, c=1, t=60)
+    covs = covariance_features(series[:, 0], shrinkage=None, embed_dim=4, embed_lag=3)
+    assert covs.shape == (2, 4, 4)
+    for i in range(2):
+        expected = np.cov(brute_force_embedding(series[i], 4, 3), bias=True)
+        np.testing.assert_allclose(covs[i], expected, rtol=1e-12)
+
+
+def test_lag_covariance_with_ledoit_wolf_matches_sklearn_on_the_delay_vectors():
+    series = random_series(n=1, c=2, t=30, seed=5)
+    ours = covariance_features(series, embed_dim=3, embed_lag=2)[0]
+    fitted = LedoitWolf().fit(brute_force_embedding(series[0], 3, 2).T)
+    np.testing.assert_allclose(ours, fitted.covariance_, rtol=1e-10)
+
+
+def test_lag_covariance_of_a_sinusoid_is_the_toeplitz_autocovariance():
+    # x_t = sin(ω t): the covariance of x_{s+iτ} and x_{s+jτ} is cos(ω (i - j) τ) / 2.
+    omega, lag, dim = 0.3, 2, 5
+    x = np.sin(omega * np.arange(20000))
+    cov = covariance_features(x[None], shrinkage=None, embed_dim=dim, embed_lag=lag)[0]
+    i, j = np.indices((dim, dim))
+    np.testing.assert_allclose(cov, 0.5 * np.cos(omega * (i - j) * lag), atol=1e-3)
+
+
+@pytest.mark.parametrize(("length", "dim", "lag"), [(150, 10, 3), (427, 10, 10), (24, 10, 1)])
+def test_default_lag_is_a_quarter_of_the_shortest_series_over_the_dimension(length, dim, lag):
+    series = [np.zeros((1, length + 50)), np.zeros((1, length))]
+    assert default_embedding_lag(series, dim) == lag
+
+
+@pytest.mark.parametrize("length", [40, 41, 79, 150, 251, 427, 1460])
+def test_default_lag_keeps_the_embedding_window_under_a_quarter_of_a_long_enough_series(length):
+    lag = default_embedding_lag(np.zeros((1, 1, length)), 10)
+    assert 9 * lag < length / 4
+
+
+def test_series_too_short_for_the_embedding_is_refused_naming_sample_and_length():
+    series = [np.arange(30.0), np.arange(30.0), np.arange(8.0)]
+    with pytest.raises(UserInputError, match=r"sample 2: has 8 time steps.*at least .* = 11"):
+        covariance_features(series, embed_dim=4, embed_lag=3)
+
+
+def test_embed_lag_without_embed_dim_is_refused():
+    with pytest.raises(UserInputError, match="embed_lag.*embed_dim"):
+        covariance_features(random_series(), embed_lag=2)
+
+
+def test_univariate_series_given_as_n_by_t_or_one_dimensional_samples_agree():
+    x = random_series(n=4, c=1, t=30)[:, 0]
+    from_matrix = covariance_features(x, embed_dim=3)
+    from_list = covariance_features(list(x), embed_dim=3)
+    np.testing.assert_array_equal(from_matrix, from_list)
+
+
+def test_timeseries_files_embeds_univariate_series_with_the_lag_of_the_training_file(tmp_path):
+    labels = np.repeat(["a", "b"], 5)
+    np.savez(tmp_path / "train.npz", X=random_series(n=10, c=1, t=40)[:, 0], y=labels)
+    np.savez(tmp_path / "test.npz", X=random_series(n=10, c=1, t=80)[:, 0], y=labels)
+    bundle = DATASETS.get("timeseries_files")(
+        path=str(tmp_path / "train.npz"), test_path=str(tmp_path / "test.npz"), embed_dim=2
+    )
+    assert bundle.sample_shape == (1, 2, 2)
+    assert bundle.info["covariance"]["embed_lag"] == 40 // (4 * 2)
+    assert_spd(bundle.test.tensors[0])
+
+
+def test_timeseries_files_embeds_multivariate_series_as_stacked_delayed_channels(tmp_path):
+    series = random_series(n=12, c=3, t=30)
+    np.savez(tmp_path / "s.npz", X=series, y=np.repeat(["a", "b"], 6))
+    bundle = DATASETS.get("timeseries_files")(
+        path=str(tmp_path / "s.npz"), embed_dim=2, embed_lag=4, shrinkage=None
+    )
+    assert bundle.sample_shape == (1, 6, 6)
+    expected = np.cov(brute_force_embedding(series[0], 2, 4), bias=True)
+    np.testing.assert_allclose(bundle.train.tensors[0][0, 0].numpy(), expected, rtol=1e-12)
+
+
+def test_train_and_test_files_allowing_different_window_counts_get_the_smaller(tmp_path):
+    labels = np.repeat(["a", "b"], 3)
+    long, short = random_series(n=6, c=2, t=50), random_series(n=6, c=2, t=30, seed=1)
+    np.savez(tmp_path / "train.npz", X=long, y=labels)
+    np.savez(tmp_path / "test.npz", X=short, y=labels)
+    bundle = DATASETS.get("timeseries_files")(
+        path=str(tmp_path / "train.npz"),
+        test_path=str(tmp_path / "test.npz"),
+        window=10,
+        shrinkage=None,
+    )
+    assert bundle.sample_shape == (3, 2, 2) == tuple(bundle.test.tensors[0].shape[1:])
+    # the longer training series' three windows span it from start to end
+    last = bundle.train.tensors[0][0, -1].numpy()
+    np.testing.assert_allclose(last, np.cov(long[0][:, 40:50], bias=True), rtol=1e-12)
+
+
+def test_n_windows_beyond_what_a_series_allows_is_refused_naming_it():
+    series = [np.random.default_rng(0).standard_normal((2, t)) for t in (50, 25)]
+    with pytest.raises(UserInputError, match="sample 1.*n_windows=3"):
+        covariance_features(series, window=10, n_windows=3)
+
+
+def test_aeon_univariate_problems_lists_bundled_ucr_problems_only():
+    problems = aeon_univariate_problems()
+    assert {"ArrowHead", "GunPoint", "OSULeaf"} <= set(problems)
+    assert not {"BasicMotions", "JapaneseVowels", "Covid3Month"} & set(problems)
+
+
+def test_ucr_lag_gives_ten_by_ten_lag_covariances_on_the_official_split():
+    bundle = DATASETS.get("ucr_lag")(problem="GunPoint")
+    assert (len(bundle.train), len(bundle.test), bundle.num_classes) == (50, 150, 2)
+    assert bundle.sample_shape == (1, 10, 10)
+    assert bundle.info["covariance"]["embed_lag"] == 150 // 40
+    assert bundle.info["problem"] == "GunPoint"
+    assert_spd(bundle.train.tensors[0])
+    assert_spd(bundle.test.tensors[0])
+
+
+@pytest.mark.parametrize("problem", [None, "Gunpoint", "BasicMotions"])
+def test_ucr_lag_refuses_a_problem_that_is_not_bundled_listing_those_that_are(problem):
+    with pytest.raises(UserInputError, match="data.problem.*ArrowHead, .*GunPoint"):
+        DATASETS.get("ucr_lag")(problem=problem)
+
+
+def test_japanese_vowels_without_mean_embedding_gives_plain_covariances():
+    bundle = DATASETS.get("japanese_vowels")(augment_mean=False, shrinkage=None)
+    import aeon.datasets
+    from aeon.datasets import load_from_ts_file
+
+    root = Path(aeon.datasets.__file__).parent / "data" / "JapaneseVowels"
+    series, _ = load_from_ts_file(str(root / "JapaneseVowels_TRAIN.ts"))
+    np.testing.assert_allclose(
+        bundle.train.tensors[0][5, 0].numpy(), np.cov(series[5], bias=True), rtol=1e-10
+    )

@@ -1,4 +1,4 @@
-"""Covariance descriptors of multivariate time series.
+"""Covariance descriptors of time series, univariate or multivariate.
 
 A series with ``c`` channels and ``t`` time steps, arranged as a ``(c, t)``
 array ``Z``, is summarised by its ``c × c`` sample covariance
@@ -19,6 +19,13 @@ with ``a`` chosen per sample by Ledoit–Wolf or OAS (the closed forms
 scikit-learn's ``ledoit_wolf_shrinkage`` and ``oas`` use, vectorised over
 samples) or fixed by the caller. Every ``a > 0`` makes ``\\hat S`` positive
 definite as long as ``μ > 0``.
+
+A univariate series has a ``1 × 1`` covariance, its variance. Its shape is
+kept by a delay (Takens) embedding first: with dimension ``d`` and lag ``τ``
+the vectors :math:`(x_s, x_{s+τ}, …, x_{s+(d-1)τ})` form a ``d``-channel series
+of ``t - (d - 1)τ`` steps, whose ``d × d`` covariance holds (for a stationary
+series) the autocovariance at lags ``0, τ, …, (d - 1)τ`` in Toeplitz form.
+Multivariate series stack the delayed copies of all channels.
 """
 
 from __future__ import annotations
@@ -29,7 +36,13 @@ import numpy as np
 
 from manifold_nas.errors import UserInputError
 
-__all__ = ["SHRINKAGE_METHODS", "covariance_features", "shrinkage_coefficients"]
+__all__ = [
+    "SHRINKAGE_METHODS",
+    "covariance_features",
+    "default_embedding_lag",
+    "delay_embedding",
+    "shrinkage_coefficients",
+]
 
 #: names accepted by ``shrinkage``, besides a float in [0, 1] and ``None``
 SHRINKAGE_METHODS = ("ledoit_wolf", "oas")
@@ -49,14 +62,19 @@ def covariance_features(
     ridge: float = 0.0,
     center: bool = True,
     augment_mean: bool = False,
+    embed_dim: int | None = None,
+    embed_lag: int | None = None,
+    n_windows: int | None = None,
+    source: str | None = None,
 ) -> np.ndarray:
-    """SPD covariance matrices of multivariate time series.
+    """SPD covariance matrices of time series.
 
     Parameters
     ----------
     series:
-        An array ``(N, c, t)`` (aeon's layout) or a sequence of ``N`` arrays
-        ``(c, t_i)`` whose lengths may differ.
+        An array ``(N, c, t)`` (aeon's layout), ``(N, t)`` (univariate), or a
+        sequence of ``N`` arrays ``(c, t_i)`` or ``(t_i,)`` whose lengths may
+        differ.
     shrinkage:
         ``"ledoit_wolf"``, ``"oas"``, a fixed coefficient ``a`` in ``[0, 1]``,
         or ``None`` (no shrinkage; same as ``0.0``).
@@ -86,6 +104,18 @@ def covariance_features(
         Schur complement is ``S``). A plain covariance discards the channel
         means, which carry most of the class information in short series
         such as JapaneseVowels.
+    embed_dim, embed_lag:
+        Replace each series by its delay embedding (:func:`delay_embedding`)
+        of dimension ``d = embed_dim`` and lag ``τ = embed_lag`` before
+        anything else, so ``c`` becomes ``d · c``. ``embed_lag`` defaults to
+        :func:`default_embedding_lag` of the shortest series given. Every
+        series needs at least ``(d - 1)τ + 2`` steps.
+    n_windows:
+        With ``window``: give every sample exactly this many windows (spread
+        as above) instead of the count the shortest sample allows, so that
+        two files can be cut alike.
+    source:
+        Names the data (e.g. a file) in error messages.
 
     Returns
     -------
@@ -100,17 +130,23 @@ def covariance_features(
     Raises
     ------
     UserInputError
-        Naming the first offending sample: wrong shape, fewer than 2 time
-        steps (or fewer than ``window``), NaN or inf, or all channels
-        constant (zero covariance).
+        Naming ``source`` and the first offending sample (its index in
+        ``series``): wrong shape, fewer than 2 time steps (or fewer than the
+        embedding or ``window`` needs), NaN or inf, or all channels constant
+        (zero covariance).
     """
-    _check_options(shrinkage, window, hop, ridge)
-    samples = _as_sample_list(series)
+    _check_options(shrinkage, window, hop, ridge, embed_dim, embed_lag, n_windows)
+    samples = _as_sample_list(series, source)
+    if embed_dim is not None:
+        lag = embed_lag or default_embedding_lag(samples, embed_dim)
+        samples = _embed_samples(samples, embed_dim, lag, source)
     if window is None:
         segments = samples
         windows_per_sample = None
     else:
-        segments, windows_per_sample = _cut_windows(samples, window, hop or window)
+        segments, windows_per_sample = _cut_windows(
+            samples, window, hop or window, n_windows, source
+        )
 
     covs = np.empty((len(segments), samples[0].shape[0], samples[0].shape[0]))
     means = np.empty((len(segments), samples[0].shape[0]))
@@ -128,7 +164,7 @@ def covariance_features(
     if zero.size:
         sample = int(zero[0]) if windows_per_sample is None else int(zero[0]) // windows_per_sample
         raise UserInputError(
-            f"sample {sample}: every channel is constant"
+            f"{_sample(sample, source)}: every channel is constant"
             f"{' in a window' if windows_per_sample else ''}, so its covariance is zero"
         )
     eye = np.eye(covs.shape[-1])
@@ -147,6 +183,68 @@ def covariance_features(
     if windows_per_sample is not None:
         covs = covs.reshape(len(samples), windows_per_sample, *covs.shape[1:])
     return covs
+
+
+def delay_embedding(series: np.ndarray, dim: int, lag: int) -> np.ndarray:
+    """Delay (Takens) embedding of series ``(..., c, t)``, batched over leading axes.
+
+    Returns ``(..., d · c, t - (d - 1)τ)`` with ``d = dim`` and ``τ = lag``:
+    row ``k · c + j`` is channel ``j`` delayed by ``k · τ``, so column ``s``
+    is the vector :math:`(x_s, x_{s+τ}, …, x_{s+(d-1)τ})` of every channel.
+    ``dim = 1`` returns the series unchanged.
+    """
+    span = (dim - 1) * lag
+    # (..., c, steps, span + 1) views; every lag-th entry of a view is one delay vector.
+    views = np.lib.stride_tricks.sliding_window_view(series, span + 1, axis=-1)[..., ::lag]
+    delayed = np.moveaxis(views, -1, -3)  # (..., d, c, steps)
+    return delayed.reshape(*delayed.shape[:-3], -1, delayed.shape[-1])
+
+
+def default_embedding_lag(series: np.ndarray | Sequence[np.ndarray], dim: int) -> int:
+    """Lag ``τ = max(1, ⌊t_min / (4 d)⌋)`` for embedding dimension ``d = dim``.
+
+    ``t_min`` is the length of the shortest series. When ``t_min >= 4d`` the
+    embedding window spans :math:`(d - 1)τ < t_{min} / 4` steps: the delay
+    covariance holds autocovariances up to lag ``t/4``, the largest lag at
+    which the usual estimate still averages over enough pairs (Box & Jenkins'
+    rule of thumb), and at least three quarters of every series remain as
+    embedded vectors. Shorter series get ``τ = 1``, the densest embedding.
+    The rule depends on length only, never on labels or values, so it is not
+    tuned to any data set.
+    """
+    if not isinstance(dim, (int, np.integer)) or dim < 1:
+        raise UserInputError(f"embed_dim must be an integer >= 1, got {dim!r}")
+    if isinstance(series, np.ndarray) and series.dtype != object:
+        shortest = series.shape[-1]
+    else:
+        shortest = min(np.shape(sample)[-1] if np.ndim(sample) else 0 for sample in series)
+    return max(1, int(shortest) // (4 * int(dim)))
+
+
+def _embed_samples(
+    samples: list[np.ndarray], dim: int, lag: int, source: str | None
+) -> list[np.ndarray]:
+    lengths = np.array([s.shape[1] for s in samples])
+    needed = (dim - 1) * lag + 2
+    short = np.flatnonzero(lengths < needed)
+    if short.size:
+        i = int(short[0])
+        raise UserInputError(
+            f"{_sample(i, source)}: has {lengths[i]} time steps; embed_dim={dim} with "
+            f"embed_lag={lag} needs at least (embed_dim - 1) * embed_lag + 2 = {needed}"
+        )
+    embedded: list[np.ndarray] = [np.empty(0)] * len(samples)
+    # One batched embedding per distinct length, as for the covariances.
+    for length in np.unique(lengths):
+        idx = np.flatnonzero(lengths == length)
+        batch = delay_embedding(np.stack([samples[i] for i in idx]), dim, lag)
+        for row, i in enumerate(idx):
+            embedded[i] = batch[row]
+    return embedded
+
+
+def _sample(index: int, source: str | None) -> str:
+    return f"{source}: sample {index}" if source else f"sample {index}"
 
 
 def _gaussian_embedding(covs: np.ndarray, means: np.ndarray) -> np.ndarray:
@@ -212,47 +310,59 @@ def _shrunk_covariance(
     return (1.0 - a)[:, None, None] * s + (a * mu)[:, None, None] * np.eye(c)
 
 
-def _as_sample_list(series: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+def _as_sample_list(
+    series: np.ndarray | Sequence[np.ndarray], source: str | None = None
+) -> list[np.ndarray]:
     if isinstance(series, np.ndarray) and series.dtype != object:
-        if series.ndim != 3:
+        if series.ndim not in (2, 3):
             raise UserInputError(
-                f"time series must be (N, channels, time) or a list of (channels, time) "
-                f"arrays; got an array of shape {series.shape}"
+                f"{source + ': ' if source else ''}time series must be (N, channels, time), "
+                f"(N, time) or a list of (channels, time) arrays; got an array of shape "
+                f"{series.shape}"
             )
         samples = list(series)
     else:
         samples = list(series)
     if not samples:
-        raise UserInputError("time series: no samples")
+        raise UserInputError(f"{source + ': ' if source else ''}time series: no samples")
     out = []
     for i, sample in enumerate(samples):
+        where = _sample(i, source)
         try:
             arr = np.asarray(sample, dtype=np.float64)
         except (TypeError, ValueError) as exc:
-            raise UserInputError(f"sample {i}: not a numeric array ({exc})") from None
+            raise UserInputError(f"{where}: not a numeric array ({exc})") from None
+        if arr.ndim == 1:
+            arr = arr[None]
         if arr.ndim != 2:
             raise UserInputError(
-                f"sample {i}: expected a (channels, time) array, got shape {arr.shape}"
+                f"{where}: expected a (channels, time) array, got shape {arr.shape}"
             )
         if out and arr.shape[0] != out[0].shape[0]:
             raise UserInputError(
-                f"sample {i}: has {arr.shape[0]} channels, sample 0 has {out[0].shape[0]}"
+                f"{where}: has {arr.shape[0]} channels, sample 0 has {out[0].shape[0]}"
             )
         if arr.shape[1] < 2:
             raise UserInputError(
-                f"sample {i}: has {arr.shape[1]} time step(s); a covariance needs at least 2"
+                f"{where}: has {arr.shape[1]} time step(s); a covariance needs at least 2"
             )
         bad = ~np.isfinite(arr)
         if bad.any():
             ch, step = np.argwhere(bad)[0]
             kind = "NaN" if np.isnan(arr[ch, step]) else "inf"
-            raise UserInputError(f"sample {i}: contains {kind} (channel {ch}, time step {step})")
+            raise UserInputError(f"{where}: contains {kind} (channel {ch}, time step {step})")
         out.append(arr)
     return out
 
 
 def _check_options(
-    shrinkage: str | float | None, window: int | None, hop: int | None, ridge: float
+    shrinkage: str | float | None,
+    window: int | None,
+    hop: int | None,
+    ridge: float,
+    embed_dim: int | None,
+    embed_lag: int | None,
+    n_windows: int | None,
 ) -> None:
     if isinstance(shrinkage, str):
         if shrinkage not in SHRINKAGE_METHODS:
@@ -264,24 +374,47 @@ def _check_options(
         isinstance(shrinkage, (int, float)) and 0.0 <= float(shrinkage) <= 1.0
     ):
         raise UserInputError(f"shrinkage must be in [0, 1], got {shrinkage!r}")
-    if window is not None and (not isinstance(window, (int, np.integer)) or window < 2):
+    if window is not None and (not _is_int(window) or window < 2):
         raise UserInputError(f"window must be an integer >= 2, got {window!r}")
-    if hop is not None and (window is None or not isinstance(hop, (int, np.integer)) or hop < 1):
+    if hop is not None and (window is None or not _is_int(hop) or hop < 1):
         raise UserInputError(f"hop must be a positive integer used with window, got {hop!r}")
+    if n_windows is not None and (window is None or not _is_int(n_windows) or n_windows < 1):
+        raise UserInputError(
+            f"n_windows must be a positive integer used with window, got {n_windows!r}"
+        )
     if not isinstance(ridge, (int, float)) or ridge < 0:
         raise UserInputError(f"ridge must be a number >= 0, got {ridge!r}")
+    if embed_dim is not None and (not _is_int(embed_dim) or embed_dim < 1):
+        raise UserInputError(f"embed_dim must be an integer >= 1, got {embed_dim!r}")
+    if embed_lag is not None and (embed_dim is None or not _is_int(embed_lag) or embed_lag < 1):
+        raise UserInputError(
+            f"embed_lag must be a positive integer used with embed_dim, got {embed_lag!r}"
+        )
 
 
-def _cut_windows(samples: list[np.ndarray], window: int, hop: int) -> tuple[list[np.ndarray], int]:
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _cut_windows(
+    samples: list[np.ndarray], window: int, hop: int, n_windows: int | None, source: str | None
+) -> tuple[list[np.ndarray], int]:
     lengths = np.array([s.shape[1] for s in samples])
     short = np.flatnonzero(lengths < window)
     if short.size:
         i = int(short[0])
         raise UserInputError(
-            f"sample {i}: has {lengths[i]} time steps, shorter than window={window}"
+            f"{_sample(i, source)}: has {lengths[i]} time steps, shorter than window={window}"
         )
     counts = 1 + (lengths - window) // hop
-    n_windows = int(counts.min())
+    if n_windows is None:
+        n_windows = int(counts.min())
+    elif counts.min() < n_windows:
+        i = int(np.argmin(counts))
+        raise UserInputError(
+            f"{_sample(i, source)}: has {lengths[i]} time steps, room for {counts[i]} "
+            f"windows of {window} with hop {hop}, fewer than n_windows={n_windows}"
+        )
     segments = []
     for sample, length, count in zip(samples, lengths, counts):
         if count == n_windows:

@@ -1,14 +1,19 @@
 """SPD data sets: registered builders that return a :class:`DataBundle`.
 
-Four builders, all registered in :data:`manifold_nas.data.DATASETS`:
+Five builders, all registered in :data:`manifold_nas.data.DATASETS`:
 
 ``japanese_vowels``, ``basic_motions``
     UEA multivariate time series bundled inside the installed ``aeon`` package
     (nothing is downloaded), official train/test split, turned into covariance
     matrices by :func:`~domains.spd.covariance.covariance_features`.
+``ucr_lag``
+    A UCR univariate problem bundled inside ``aeon`` (``problem: GunPoint``,
+    see :func:`aeon_univariate_problems`), official split, each series turned
+    into the covariance of its delay embedding (10 delays by default).
 ``timeseries_files``
-    The user's multivariate time series: ``.ts`` (sktime/aeon format),
-    ``.npz``, ``.npy`` (+ ``labels_path``) or ``.pt``, same covariance options.
+    The user's time series, univariate or multivariate: ``.ts`` (sktime/aeon
+    format), ``.npz``, ``.npy`` (+ ``labels_path``) or ``.pt``, same
+    covariance options, delay embedding included (``embed_dim``, ``embed_lag``).
 ``spd_files``
     The user's SPD matrices: ``.npz``, ``.npy`` (+ ``labels_path``), ``.pt``
     or ``.mat``, checked by :func:`~domains.spd.validation.validate_spd_dataset`.
@@ -16,12 +21,18 @@ Four builders, all registered in :data:`manifold_nas.data.DATASETS`:
 Every bundle holds float64 tensors ``(N, C, n, n)`` with int64 labels in
 ``0..K-1``; ``info["class_names"][k]`` is the original name of class ``k``.
 Covariance options are documented once, in :func:`covariance_features`; the
-defaults (Ledoit–Wolf shrinkage, no trace normalisation, no windows) are
-generic choices, not tuned to any data set.
+defaults (Ledoit–Wolf shrinkage, no trace normalisation, no windows, no delay
+embedding except in ``ucr_lag``) are generic choices, not tuned to any data set.
+
+Every file is checked whole, before any train/test split: a bad sample is
+named by its index in the file, a wrong shape is the file's shape, and
+training labels of fewer than two classes are refused (a one-class
+classifier would report accuracy 1.0).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import pickle
 from pathlib import Path
@@ -31,18 +42,20 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from domains.spd.covariance import covariance_features
+from domains.spd.covariance import covariance_features, default_embedding_lag
 from domains.spd.validation import encode_labels, validate_spd_dataset
 from manifold_nas.data import DATASETS, DataBundle
 from manifold_nas.errors import UserInputError
 
 __all__ = [
+    "aeon_univariate_problems",
     "basic_motions",
     "japanese_vowels",
     "load_array_file",
     "spd_files",
     "stratified_split",
     "timeseries_files",
+    "ucr_lag",
 ]
 
 logger = logging.getLogger("manifold_nas")
@@ -52,6 +65,17 @@ X_KEYS = ("X", "x", "data", "features", "covariances", "covs", "spd")
 Y_KEYS = ("y", "Y", "labels", "label", "targets", "target", "classes")
 _ARRAY_EXTS = (".npz", ".npy", ".pt")
 _LABEL_EXTS = (".npy", ".txt", ".csv")
+_COVARIANCE_OPTIONS = (
+    "shrinkage",
+    "trace_normalize",
+    "window",
+    "hop",
+    "ridge",
+    "center",
+    "augment_mean",
+    "embed_dim",
+    "embed_lag",
+)
 
 
 @DATASETS.register("japanese_vowels")
@@ -63,14 +87,17 @@ def japanese_vowels(
     ridge: float = 0.0,
     center: bool = True,
     augment_mean: bool = False,
+    embed_dim: int | None = None,
+    embed_lag: int | None = None,
 ) -> DataBundle:
     """UEA JapaneseVowels: 12 LPC channels, 7–29 steps, 9 speakers, 270/370.
 
     Each utterance becomes a 12×12 covariance, ``sample_shape (1, 12, 12)``
-    (``(W, 12, 12)`` with ``window``). Lengths differ, so windowed samples
-    get as many windows as the shortest utterance allows.
+    (``(W, 12, 12)`` with ``window``; 13×13 with ``augment_mean``). Lengths
+    differ, so windowed samples get as many windows as the shortest
+    utterance allows.
     """
-    return _aeon_bundle("japanese_vowels", "JapaneseVowels", **_locals_cov(locals()))
+    return _aeon_bundle("japanese_vowels", "JapaneseVowels", _covariance_options(locals()))
 
 
 @DATASETS.register("basic_motions")
@@ -82,9 +109,50 @@ def basic_motions(
     ridge: float = 0.0,
     center: bool = True,
     augment_mean: bool = False,
+    embed_dim: int | None = None,
+    embed_lag: int | None = None,
 ) -> DataBundle:
     """UEA BasicMotions: 6 accelerometer/gyroscope channels, 100 steps, 4 classes, 40/40."""
-    return _aeon_bundle("basic_motions", "BasicMotions", **_locals_cov(locals()))
+    return _aeon_bundle("basic_motions", "BasicMotions", _covariance_options(locals()))
+
+
+@DATASETS.register("ucr_lag")
+def ucr_lag(
+    problem: str | None = None,
+    embed_dim: int = 10,
+    embed_lag: int | None = None,
+    shrinkage: str | float | None = "ledoit_wolf",
+    trace_normalize: bool = False,
+    window: int | None = None,
+    hop: int | None = None,
+    ridge: float = 0.0,
+    center: bool = True,
+    augment_mean: bool = False,
+) -> DataBundle:
+    """A UCR univariate problem bundled with aeon, as delay-embedding covariances.
+
+    ``problem`` is one of :func:`aeon_univariate_problems` (ArrowHead,
+    GunPoint, OSULeaf, ... as this aeon installation bundles them); the
+    official train/test split is used. A series :math:`x_t` becomes the
+    ``d × d`` (Ledoit–Wolf shrunk) covariance of the vectors
+    :math:`(x_s, x_{s+τ}, …, x_{s+(d-1)τ})`, ``sample_shape (1, d, d)``.
+
+    Defaults: ``d = embed_dim = 10``, a fixed size (55 tangent coordinates)
+    small against every bundled training set yet enough to resolve the
+    autocovariance's shape; ``τ = embed_lag`` from
+    :func:`~domains.spd.covariance.default_embedding_lag` of the shortest
+    training series, ``max(1, ⌊t / 40⌋)``, so the embedding window spans
+    under a quarter of the series. Neither looks at labels or values.
+    """
+    problems = aeon_univariate_problems()
+    if problem not in problems:
+        given = "is required" if problem is None else f"{problem!r} is not bundled with aeon"
+        raise UserInputError(
+            f"ucr_lag: data.problem {given}; univariate classification problems bundled "
+            f"with this aeon: {', '.join(problems)}"
+        )
+    cov = _covariance_options(locals())
+    return _aeon_bundle("ucr_lag", problem, cov, {"problem": problem})
 
 
 @DATASETS.register("timeseries_files")
@@ -104,31 +172,47 @@ def timeseries_files(
     ridge: float = 0.0,
     center: bool = True,
     augment_mean: bool = False,
+    embed_dim: int | None = None,
+    embed_lag: int | None = None,
 ) -> DataBundle:
-    """Multivariate time series from disk, turned into covariance matrices.
+    """Time series from disk, univariate or multivariate, turned into covariance matrices.
 
     ``path`` (train) and ``test_path`` are ``.ts`` files (labels inside), or
-    arrays ``(N, channels, time)``: ``.npz`` with keys ``x_key``/``y_key``,
-    ``.pt`` holding ``{x_key: X, y_key: y}`` or ``(X, y)``, or ``.npy``
-    holding X with labels in ``labels_path`` / ``test_labels_path`` (``.npy``
-    or a text file with one label per line). Without ``test_path``, a
-    stratified ``test_fraction`` of ``path`` (seeded by ``seed``) is held out.
+    arrays ``(N, channels, time)`` or ``(N, time)``: ``.npz`` with keys
+    ``x_key``/``y_key``, ``.pt`` holding ``{x_key: X, y_key: y}`` or
+    ``(X, y)``, or ``.npy`` holding X with labels in ``labels_path`` /
+    ``test_labels_path`` (``.npy`` or a text file with one label per line).
+    Without ``test_path``, a stratified ``test_fraction`` of ``path`` (seeded
+    by ``seed``) is held out, after the covariances of the whole file are
+    computed and checked.
+
+    ``embed_dim`` (``d``) replaces each series of ``c`` channels by its delay
+    embedding, ``d · c`` channels holding the copies delayed by ``0, τ, …,
+    (d - 1)τ``, before the covariance; ``embed_lag`` (``τ``) defaults to
+    ``max(1, ⌊t_min / (4d)⌋)`` for the shortest series ``t_min`` of ``path``
+    (see :func:`~domains.spd.covariance.default_embedding_lag`). A univariate
+    series needs it: without, its covariance is ``1 × 1``.
     """
-    cov = _locals_cov(locals())
+    cov = _covariance_options(locals())
     exts = (".ts", *_ARRAY_EXTS)
+    source = str(_required(path, "path"))
     x_train, y_train = load_array_file(
-        _required(path, "path"), "path", exts, x_key, y_key, labels_path, "labels_path"
+        source, "path", exts, x_key, y_key, labels_path, "labels_path"
     )
     if test_path is None:
-        x_train, y_train, x_test, y_test = _split(x_train, y_train, test_fraction, seed, path)
-        test_source = f"stratified {test_fraction:g} of {path} (seed {seed})"
-    else:
-        x_test, y_test = load_array_file(
-            test_path, "test_path", exts, x_key, y_key, test_labels_path, "test_labels_path"
+        _check_test_fraction(test_fraction)
+        (codes,), classes = _encode_training_labels(y_train, source=source)
+        cov = _with_default_lag(cov, x_train)
+        covs = covariance_features(x_train, source=source, **cov)
+        x, y = validate_spd_dataset(covs, codes, source=source)
+        return _split_bundle(
+            "timeseries_files", x, y, classes, source, test_fraction, seed, {"covariance": cov}
         )
-        test_source = str(test_path)
+    x_test, y_test = load_array_file(
+        test_path, "test_path", exts, x_key, y_key, test_labels_path, "test_labels_path"
+    )
     return _covariance_bundle(
-        "timeseries_files", x_train, y_train, x_test, y_test, str(path), test_source, cov
+        "timeseries_files", (x_train, y_train, source), (x_test, y_test, str(test_path)), cov
     )
 
 
@@ -158,28 +242,30 @@ def spd_files(
       ``torch.load(weights_only=True)``.
     - ``.mat``: MATLAB v5/v7 (``scipy.io.loadmat``), keys as for ``.npz``.
       X stored MATLAB-style as ``(n, n, N)`` (last axis of length ``len(y)``)
-      is moved to ``(N, n, n)``, and the move is logged.
+      is moved to ``(N, n, n)``, with one warning naming the file.
 
     Labels may be integers or strings; they are mapped jointly (train and
     test) to ``0..K-1``. Without ``test_path``, a stratified ``test_fraction``
-    of ``path`` is held out (seeded by ``seed``). ``regularize`` repairs
-    asymmetric or singular samples instead of refusing them (see
-    :func:`validate_spd_dataset`).
+    of ``path`` is held out (seeded by ``seed``) after the whole file is
+    checked. ``regularize`` repairs asymmetric or singular samples instead of
+    refusing them (see :func:`validate_spd_dataset`).
     """
     exts = (*_ARRAY_EXTS, ".mat")
+    source = str(_required(path, "path"))
     x_train, y_train = load_array_file(
-        _required(path, "path"), "path", exts, x_key, y_key, labels_path, "labels_path"
+        source, "path", exts, x_key, y_key, labels_path, "labels_path"
     )
     if test_path is None:
-        x_train, y_train, x_test, y_test = _split(x_train, y_train, test_fraction, seed, path)
-        test_source = f"stratified {test_fraction:g} of {path} (seed {seed})"
-    else:
-        x_test, y_test = load_array_file(
-            test_path, "test_path", exts, x_key, y_key, test_labels_path, "test_labels_path"
-        )
-        test_source = str(test_path)
-    (code_train, code_test), classes = encode_labels(y_train, y_test, source=str(path))
-    xt, yt = validate_spd_dataset(x_train, code_train, source=str(path), regularize=regularize)
+        _check_test_fraction(test_fraction)
+        (codes,), classes = _encode_training_labels(y_train, source=source)
+        x, y = validate_spd_dataset(x_train, codes, source=source, regularize=regularize)
+        return _split_bundle("spd_files", x, y, classes, source, test_fraction, seed, {})
+    x_test, y_test = load_array_file(
+        test_path, "test_path", exts, x_key, y_key, test_labels_path, "test_labels_path"
+    )
+    test_source = str(test_path)
+    (code_train, code_test), classes = _encode_training_labels(y_train, y_test, source=source)
+    xt, yt = validate_spd_dataset(x_train, code_train, source=source, regularize=regularize)
     xs, ys = validate_spd_dataset(x_test, code_test, source=test_source, regularize=regularize)
     if xt.shape[1:] != xs.shape[1:]:
         raise UserInputError(
@@ -187,8 +273,29 @@ def spd_files(
             f"train samples {tuple(xt.shape[1:])}"
         )
     return _bundle(
-        "spd_files", xt, yt, xs, ys, classes, {"source": str(path), "test_source": test_source}
+        "spd_files", xt, yt, xs, ys, classes, {"source": source, "test_source": test_source}
     )
+
+
+@functools.lru_cache(maxsize=1)
+def aeon_univariate_problems() -> tuple[str, ...]:
+    """Names of the univariate classification problems bundled inside ``aeon``.
+
+    A problem counts when ``aeon/datasets/data/<name>/`` holds
+    ``<name>_TRAIN.ts`` and ``<name>_TEST.ts`` whose header declares
+    ``@univariate true`` and ``@classLabel true``; nothing is downloaded.
+    """
+    root = _aeon_data_root()
+    problems = []
+    for folder in sorted(root.iterdir() if root.is_dir() else []):
+        train, test = (folder / f"{folder.name}_{split}.ts" for split in ("TRAIN", "TEST"))
+        if train.is_file() and test.is_file():
+            header = _ts_header(train)
+            if header.get("univariate") == "true" and header.get("classlabel", "").startswith(
+                "true"
+            ):
+                problems.append(folder.name)
+    return tuple(problems)
 
 
 def load_array_file(
@@ -244,45 +351,102 @@ def stratified_split(
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-def _aeon_bundle(name: str, problem: str, **cov: Any) -> DataBundle:
+def _aeon_data_root() -> Path:
     import aeon.datasets
+
+    return Path(aeon.datasets.__file__).parent / "data"
+
+
+def _ts_header(file: Path) -> dict[str, str]:
+    header = {}
+    with file.open(encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            line = line.strip()
+            if line.lower().startswith("@data"):
+                break
+            if line.startswith("@"):
+                key, _, value = line[1:].partition(" ")
+                header[key.lower()] = value.strip().lower()
+    return header
+
+
+def _aeon_bundle(
+    name: str, problem: str, cov: dict[str, Any], info: dict[str, Any] | None = None
+) -> DataBundle:
     from aeon.datasets import load_from_ts_file
 
-    root = Path(aeon.datasets.__file__).parent / "data" / problem
     loaded = []
     for split in ("TRAIN", "TEST"):
-        file = root / f"{problem}_{split}.ts"
+        file = _aeon_data_root() / problem / f"{problem}_{split}.ts"
         if not file.is_file():
             raise UserInputError(
                 f"{name}: {file} is missing; this aeon installation does not bundle {problem}"
             )
-        loaded.append(load_from_ts_file(str(file)))
-    (x_train, y_train), (x_test, y_test) = loaded
-    return _covariance_bundle(
-        name, x_train, y_train, x_test, y_test, f"aeon bundled {problem}", "official test", cov
-    )
+        loaded.append((*load_from_ts_file(str(file)), str(file)))
+    return _covariance_bundle(name, loaded[0], loaded[1], cov, info)
 
 
 def _covariance_bundle(
     name: str,
-    x_train: Any,
-    y_train: Any,
-    x_test: Any,
-    y_test: Any,
-    source: str,
-    test_source: str,
+    train: tuple[Any, Any, str],
+    test: tuple[Any, Any, str],
     cov: dict[str, Any],
+    info: dict[str, Any] | None = None,
 ) -> DataBundle:
-    (code_train, code_test), classes = encode_labels(y_train, y_test, source=source)
-    n_train = len(x_train)
-    if n_train != len(code_train):
-        raise UserInputError(f"{source}: {n_train} series but {len(code_train)} labels")
-    # One call for both splits, so windowed data get the same window count.
-    covs = covariance_features([*x_train, *x_test], **cov)
-    xt, yt = validate_spd_dataset(covs[:n_train], code_train, source=source)
-    xs, ys = validate_spd_dataset(covs[n_train:], code_test, source=test_source)
-    info = {"source": source, "test_source": test_source, "covariance": dict(cov)}
+    """Covariances of a train file and a test file, each checked under its own name."""
+    (x_train, y_train, source), (x_test, y_test, test_source) = train, test
+    (code_train, code_test), classes = _encode_training_labels(y_train, y_test, source=source)
+    cov = _with_default_lag(cov, x_train)
+    covs_train = covariance_features(x_train, source=source, **cov)
+    covs_test = covariance_features(x_test, source=test_source, **cov)
+    if covs_train.ndim == 4 and covs_train.shape[1] != covs_test.shape[1]:
+        # Each file allows its own window count; the one with more windows is
+        # recut to the other's count so that train and test samples match.
+        n_windows = min(covs_train.shape[1], covs_test.shape[1])
+        if covs_train.shape[1] > n_windows:
+            covs_train = covariance_features(x_train, source=source, n_windows=n_windows, **cov)
+        else:
+            covs_test = covariance_features(x_test, source=test_source, n_windows=n_windows, **cov)
+    xt, yt = validate_spd_dataset(covs_train, code_train, source=source)
+    xs, ys = validate_spd_dataset(covs_test, code_test, source=test_source)
+    info = {"source": source, "test_source": test_source, "covariance": cov, **(info or {})}
     return _bundle(name, xt, yt, xs, ys, classes, info)
+
+
+def _split_bundle(
+    name: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    classes: tuple[str, ...],
+    source: str,
+    test_fraction: float,
+    seed: int,
+    info: dict[str, Any],
+) -> DataBundle:
+    """Hold out a stratified ``test_fraction`` of one checked file."""
+    train, test = (torch.from_numpy(i) for i in stratified_split(y.numpy(), test_fraction, seed))
+    if test.numel() == 0:
+        raise UserInputError(
+            f"{source}: too few samples per class to hold out a test split; give data.test_path"
+        )
+    test_source = f"stratified {test_fraction:g} of {source} (seed {seed})"
+    info = {"source": source, "test_source": test_source, **info}
+    return _bundle(name, x[train], y[train], x[test], y[test], classes, info)
+
+
+def _encode_training_labels(
+    y_train: Any, *others: Any, source: str
+) -> tuple[list[np.ndarray], tuple[str, ...]]:
+    """:func:`encode_labels`, refusing training labels of fewer than two classes."""
+    codes, classes = encode_labels(y_train, *others, source=source)
+    present = np.unique(codes[0])
+    if present.size < 2:
+        names = ", ".join(repr(classes[k]) for k in present) or "none"
+        raise UserInputError(
+            f"{source}: the training labels hold {present.size} "
+            f"class{'' if present.size == 1 else 'es'} ({names}); a classifier needs at least 2"
+        )
+    return codes, classes
 
 
 def _bundle(
@@ -304,28 +468,24 @@ def _bundle(
     )
 
 
-def _locals_cov(values: dict[str, Any]) -> dict[str, Any]:
-    keys = ("shrinkage", "trace_normalize", "window", "hop", "ridge", "center", "augment_mean")
-    return {k: values[k] for k in keys}
+def _covariance_options(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: values[k] for k in _COVARIANCE_OPTIONS}
 
 
-def _split(
-    x: Any, y: Any, test_fraction: float, seed: int, path: Any
-) -> tuple[Any, np.ndarray, Any, np.ndarray]:
-    if not 0.0 < float(test_fraction) < 1.0:
+def _with_default_lag(cov: dict[str, Any], x_train: Any) -> dict[str, Any]:
+    """Fix the default embedding lag from the training series, so test data never set it."""
+    if cov["embed_dim"] is None or cov["embed_lag"] is not None:
+        return cov
+    return {**cov, "embed_lag": default_embedding_lag(x_train, cov["embed_dim"])}
+
+
+def _check_test_fraction(test_fraction: float) -> None:
+    try:
+        inside = 0.0 < float(test_fraction) < 1.0
+    except (TypeError, ValueError):
+        inside = False
+    if not inside:
         raise UserInputError(f"data.test_fraction must be in (0, 1), got {test_fraction!r}")
-    (codes,), _ = encode_labels(y, source=str(path))
-    if len(codes) != len(x):
-        raise UserInputError(f"{path}: {len(x)} samples but {len(codes)} labels")
-    train, test = stratified_split(codes, test_fraction, seed)
-    if test.size == 0:
-        raise UserInputError(
-            f"{path}: too few samples per class to hold out a test split; give data.test_path"
-        )
-    y = np.asarray(y)
-    if isinstance(x, (np.ndarray, torch.Tensor)):
-        return x[train], y.ravel()[train], x[test], y.ravel()[test]
-    return [x[i] for i in train], y.ravel()[train], [x[i] for i in test], y.ravel()[test]
 
 
 def _required(value: str | None, option: str) -> str:
@@ -461,8 +621,14 @@ def _from_matlab_layout(x: Any, y: Any, file: Path) -> Any:
     standard = x.ndim == 3 and x.shape[0] == n_labels and x.shape[1] == x.shape[2]
     matlab = x.ndim == 3 and x.shape[2] == n_labels and x.shape[0] == x.shape[1]
     if matlab and not standard:
-        logger.info("%s: X has MATLAB layout %s (n, n, N); using it as (N, n, n)", file, x.shape)
-        return np.moveaxis(x, -1, 0)
+        moved = np.moveaxis(x, -1, 0)
+        logger.warning(
+            "%s: X has MATLAB layout (n, n, N) %s; using it as (N, n, n) %s",
+            file,
+            x.shape,
+            moved.shape,
+        )
+        return moved
     return x
 
 
