@@ -16,9 +16,7 @@ from manifold_nas import cost
 from manifold_nas.cell import ChosenEdge, SearchCell
 from manifold_nas.genotype import Genotype
 from manifold_nas.opset import OPSETS
-from manifold_nas.plugins import load_builtin_domains
 
-load_builtin_domains()
 
 FAST = {"warmup": 0, "repeats": 2}
 
