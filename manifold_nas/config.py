@@ -30,6 +30,7 @@ from manifold_nas.errors import UserInputError
 
 __all__ = [
     "Config",
+    "ProxySettings",
     "SearchSettings",
     "TrainSettings",
     "apply_overrides",
@@ -139,6 +140,8 @@ class SearchSettings:
     max_steps_per_epoch: int | None = field(
         default=None, metadata=_check(_int_at_least(1, optional=True))
     )
+    backend: str = field(default="local", metadata=_check(_one_of("local", "ray")))
+    ray_address: str | None = None
 
 
 @dataclass
@@ -162,6 +165,21 @@ class TrainSettings:
 
 
 @dataclass
+class ProxySettings:
+    """Reduced settings for training candidate networks in multi-trial search (EcoNAS).
+
+    The final network is always retrained at the full setting by ``train``.
+    """
+
+    network: dict[str, Any] = field(default_factory=dict, metadata=_check(_mapping))
+    downsample: int = field(default=1, metadata=_check(_int_at_least(1)))
+    data_fraction: float = field(
+        default=1.0, metadata=_check(_number(0.0, open_low=True, high=1.0))
+    )
+    epochs: int | None = field(default=None, metadata=_check(_int_at_least(1, optional=True)))
+
+
+@dataclass
 class Config:
     """A resolved run config."""
 
@@ -175,12 +193,13 @@ class Config:
     strategy: dict[str, Any] = field(default_factory=lambda: {"name": "bilevel"})
     search: SearchSettings = field(default_factory=SearchSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
+    proxy: ProxySettings = field(default_factory=ProxySettings)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-_SECTIONS = {"search": SearchSettings, "train": TrainSettings}
+_SECTIONS = {"search": SearchSettings, "train": TrainSettings, "proxy": ProxySettings}
 _NAMED = ("data", "network", "relaxation", "selection", "strategy")
 
 
