@@ -21,8 +21,15 @@ import torch
 from torch import Tensor
 
 from manifold_nas.errors import UserInputError
+from manifold_nas.interrupts import deferred_signals
 
-__all__ = ["CHECKPOINT_FORMAT", "load_checkpoint", "load_torch_file", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "load_checkpoint",
+    "load_torch_file",
+    "save_checkpoint",
+    "save_torch_atomically",
+]
 
 CHECKPOINT_FORMAT = "manifold-nas-checkpoint-v2"
 
@@ -40,12 +47,23 @@ def _plain(obj: Any) -> Any:
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Write ``state`` atomically to ``path``."""
     path = Path(path)
+    save_torch_atomically({"format": CHECKPOINT_FORMAT, **state}, path)
+
+
+def save_torch_atomically(obj: Any, path: str | Path) -> None:
+    """``torch.save`` through a temporary file and a rename, never interrupted halfway.
+
+    Tensor subclasses are stored as plain tensors, so ``weights_only`` loading
+    accepts the file.
+    """
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        torch.save({"format": CHECKPOINT_FORMAT, **_plain(state)}, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with deferred_signals():
+        with open(tmp, "wb") as fh:
+            torch.save(_plain(obj), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -10,13 +10,16 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from manifold_nas.errors import UserInputError
+from manifold_nas.interrupts import Terminated, raise_on_sigterm
 
 __all__ = ["main"]
 
@@ -70,8 +73,34 @@ def _search(config_path: str, overrides: Sequence[str], out: Path, resume: bool,
     return config, result.genotype, result.summary
 
 
+#: set by a command that can be resumed: (checkpoint path, the command that resumes it)
+_RESUME: dict[str, Any] = {}
+
+
+def _resumable(checkpoint: Path, command: Sequence[str]) -> None:
+    _RESUME.update(checkpoint=checkpoint, command=" ".join(shlex.quote(c) for c in command))
+
+
+def _interrupted_message(signal_name: str) -> str:
+    if not _RESUME:
+        return f"manifold-nas: interrupted ({signal_name})"
+    checkpoint, command = _RESUME["checkpoint"], _RESUME["command"]
+    if checkpoint.exists():
+        return (
+            f"manifold-nas: interrupted ({signal_name}); last checkpoint {checkpoint}; "
+            f"resume with: {command}"
+        )
+    return (
+        f"manifold-nas: interrupted ({signal_name}) before the first checkpoint; rerun: {command}"
+    )
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else _default_out(args.config)
+    _resumable(
+        out / "checkpoint.pt",
+        ["manifold-nas", "search", args.config, *args.overrides, "--out", str(out), "--resume"],
+    )
     _, genotype, summary = _search(args.config, args.overrides, out, args.resume, args.quiet)
     print(genotype.describe())
     print(f"search finished: {json.dumps(summary['final'])} -> {out}")
@@ -115,9 +144,59 @@ def cmd_train(args: argparse.Namespace) -> int:
         out = run_dir / "retrain"
     else:
         out = _default_out(args.target)
-    summary = train_derived(genotype, config, out, quiet=args.quiet)
+    _resumable(
+        out / "checkpoint.pt",
+        ["manifold-nas", "train", args.target, *args.overrides, "--out", str(out), "--resume"],
+    )
+    summary = train_derived(genotype, config, out, quiet=args.quiet, resume=args.resume)
     print(f"test: {json.dumps(summary['test'])}  parameters: {summary['parameters']} -> {out}")
     return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Check a config end to end without training: keys, data, network, strategy."""
+    from manifold_nas.config import load_config
+    from manifold_nas.config_check import check_config
+    from manifold_nas.run import Run, build_network, count_parameters
+    from manifold_nas.search import build_strategy
+
+    config = load_config(args.config, args.overrides)
+    check_config(config)
+    strategy = build_strategy(config)
+    run = Run(config, quiet=True)
+    bundle = run.bundle
+    print(
+        f"data {bundle.name}: {len(bundle.train)} train / {len(bundle.test)} test samples, "
+        f"sample shape {tuple(bundle.sample_shape)}, {bundle.num_classes} classes"
+    )
+    network, _ = build_network(config, run.bundle)
+    specs = getattr(network, "arch_specs", {}) or {}
+    space = ", ".join(f"{k}: {len(s.edges)}x{len(s.ops)}" for k, s in specs.items()) or "none"
+    print(
+        f"network {config.network['name']} ({run.opset.name}): "
+        f"{count_parameters(network):,} parameters; search space {space}"
+    )
+    x, y = run.inputs(next(iter(run.loader(bundle.train, 2, False))))
+    try:
+        output = network(x, _uniform_weights(specs, run.dtype)) if specs else network(x)
+        run.task.loss(output, y).backward()
+    except Exception as err:
+        raise UserInputError(
+            f"network {config.network['name']!r} fails on a batch of {bundle.name}: "
+            f"{type(err).__name__}: {_first_line(err)}"
+        ) from err
+    print(f"one training step on a batch of 2: output shape {tuple(output.shape)}")
+    if specs:
+        strategy.setup(run)
+    print(f"strategy {strategy.name}: ready")
+    return 0
+
+
+def _uniform_weights(specs, dtype):
+    import torch
+
+    return {k: torch.full(s.shape, 1.0 / len(s.ops), dtype=dtype or torch.float32)
+            for k, s in specs.items()}  # fmt: skip
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -166,10 +245,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes end in one line and exit status 2, like every other user mistake."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"manifold-nas: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="manifold-nas", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="manifold-nas", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("search", help="search a cell on a config")
     p.add_argument("config")
@@ -185,8 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--out")
+    p.add_argument("--resume", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "check", help="check a config end to end (keys, data, network) without training"
+    )
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("evaluate", help="test a run's retrained network (or its supernet)")
     p.add_argument("run_dir")
@@ -250,18 +344,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _log_to_stderr()
+    raise_on_sigterm()
+    if not (args.debug or os.environ.get("MANIFOLD_NAS_DEBUG") == "1"):
+        # third-party warnings (torch, MONAI) are noise on the command line;
+        # --debug shows them, and the library's own notices go through logging
+        warnings.filterwarnings("ignore")
+    _RESUME.clear()
     debug = args.debug or os.environ.get("MANIFOLD_NAS_DEBUG") == "1"
     try:
         return int(args.func(args) or 0)
     except UserInputError as err:
         if debug:
             raise
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"manifold-nas: error: {message}", file=sys.stderr)
+        print(f"manifold-nas: error: {_first_line(err)}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(_interrupted_message("SIGTERM"), file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print("manifold-nas: interrupted", file=sys.stderr)
+        print(_interrupted_message("SIGINT"), file=sys.stderr)
         return 130
+    except Exception as err:
+        if debug:
+            raise
+        print(
+            f"manifold-nas: internal error, please report: {type(err).__name__}: "
+            f"{_first_line(err)} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0].strip() if text else type(err).__name__
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ __all__ = [
     "config_defaults",
     "load_config",
     "parse_config",
+    "section_error",
     "split_name",
 ]
 
@@ -367,18 +368,34 @@ def check_options(
 def call_with_options(
     fn: Callable[..., Any], options: Mapping[str, Any], where: str, *args: Any
 ) -> Any:
-    """Call ``fn(*args, **options)`` after refusing options ``fn`` does not take."""
+    """Call ``fn(*args, **options)`` after refusing options ``fn`` does not take.
+
+    ``fn`` builds something from the user's config section ``where`` (a data
+    set reading the user's files, a network of the user's sizes), so any
+    failure is reported as that section's, in one line, with the original
+    exception chained for ``--debug``.
+    """
     check_options(fn, options, where, len(args))
     try:
         return fn(*args, **options)
     except UserInputError:
         raise
-    except (ValueError, TypeError) as err:
-        # Builders validate their options with ValueError (a wrong type ends
-        # in TypeError); coming from a config, that is the user's input, so
-        # say which section it was.
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserInputError(f"config section {where!r}: {message}") from err
+    except Exception as err:
+        raise section_error(err, where) from err
+
+
+def section_error(err: Exception, where: str) -> UserInputError:
+    """``err``, raised while building config section ``where``, as a one-line user error."""
+    if isinstance(err, (ValueError, TypeError)):
+        return UserInputError(f"config section {where!r}: {_first_line(err)}")
+    culprit = getattr(err, "filename", None)
+    prefix = f"config section {where!r}" + (f" ({culprit})" if culprit else "")
+    return UserInputError(f"{prefix}: {type(err).__name__}: {_first_line(err)}")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0].strip() if text else type(err).__name__
 
 
 def split_name(section: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:

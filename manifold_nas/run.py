@@ -34,7 +34,14 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from manifold_nas.config import Config, TrainSettings, call_with_options, check_options, split_name
+from manifold_nas.config import (
+    Config,
+    TrainSettings,
+    call_with_options,
+    check_options,
+    section_error,
+    split_name,
+)
 from manifold_nas.contracts import check_searchable, has_cost_model
 from manifold_nas.data import DATASETS, DataBundle
 from manifold_nas.errors import UserInputError
@@ -42,6 +49,7 @@ from manifold_nas.genotype import Genotype
 from manifold_nas.networks import NETWORKS
 from manifold_nas.opset import OPSETS, OpSet
 from manifold_nas.optim import build_optimizer
+from manifold_nas.optim.state import load_optimizer_state
 from manifold_nas.relaxations import RELAXATIONS
 from manifold_nas.rundir import RunDirectory
 from manifold_nas.supernet import ArchitectureParameters, Supernet
@@ -81,8 +89,19 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def build_data(config: Config) -> DataBundle:
+    """The config's data set; a failure while reading names the files the section points at."""
     name, options = split_name(config.data)
-    return call_with_options(DATASETS.get(name), options, "data")
+    builder = DATASETS.get(name)
+    check_options(builder, options, "data")
+    try:
+        return builder(**options)
+    except UserInputError:
+        raise
+    except Exception as err:
+        files = [str(v) for k, v in options.items() if isinstance(v, (str, Path))
+                 and any(k.endswith(s) for s in ("path", "root", "datalist", "file"))]  # fmt: skip
+        where = f"data ({', '.join(files)})" if files else "data"
+        raise section_error(err, where) from err
 
 
 def opset_of(config: Config) -> OpSet:
@@ -109,15 +128,20 @@ def build_network(
         )
     if genotype is not None and genotype.cells:
         _check_genotype_ops(genotype, opset)
+    check_options(builder, options, "network", n_positional=3)
     try:
-        network = call_with_options(builder, options, "network", opset, bundle, genotype)
+        network = builder(opset, bundle, genotype, **options)
+    except UserInputError:
+        raise
     except KeyError as err:
-        if genotype is None:
-            raise
+        if genotype is None or not genotype.cells:
+            raise section_error(err, "network") from err
         raise UserInputError(
             f"genotype has no cell type {err.args[0]!r} that network {name!r} needs; "
             f"it has {', '.join(genotype.cells) or 'none'}"
         ) from None
+    except Exception as err:
+        raise section_error(err, "network") from err
     if opset.dtype is not None:
         network = network.to(opset.dtype)
     return network, opset
@@ -334,6 +358,8 @@ class Run:
         loader_seed: int | None = None,
         callback: EpochCallback | None = None,
         desc: str = "train",
+        resume: Mapping[str, Any] | None = None,
+        checkpoint: Callable[[dict[str, Any]], None] | None = None,
     ) -> TrainingResult:
         """Train ``network`` for up to ``epochs`` epochs with the ``train`` settings.
 
@@ -342,6 +368,11 @@ class Run:
         repeated call gives the same network. When ``valid_set`` is given the
         network is evaluated after every epoch; ``callback(record)`` then sees
         the epoch's record and stops the training by returning True.
+
+        ``checkpoint(state)`` is called after every epoch with everything
+        needed to continue (network, optimizer, scheduler, history, random
+        streams); passing such a state back as ``resume`` continues exactly
+        where it was taken.
         """
         t = settings or self.config.train
         train_set = self.bundle.train if train_set is None else train_set
@@ -352,8 +383,18 @@ class Run:
             optimizer, T_max=max(1, epochs), eta_min=t.lr_min
         )
         result = TrainingResult()
-        started = time.perf_counter()
-        for epoch in range(epochs):
+        start = 0
+        if resume is not None:
+            network.load_state_dict(resume["network"])
+            load_optimizer_state(optimizer, resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+            result.history = list(resume["history"])
+            result.seconds = float(resume["seconds"])
+            torch.set_rng_state(resume["torch_rng"])
+            random.setstate(_as_python_random_state(resume["python_rng"]))
+            start = int(resume["epoch"])
+        started = time.perf_counter() - result.seconds
+        for epoch in range(start, epochs):
             network.train()
             loader = self.loader(train_set, t.batch_size, True, seed + epoch)
             bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{epochs}", disable=self.quiet, leave=False)
@@ -376,10 +417,24 @@ class Run:
             if valid_set is not None:
                 record["valid"] = self.evaluate(network, valid_set, batch_size=t.batch_size)
             result.history.append(record)
-            if callback is not None and callback(record):
+            stop = callback is not None and bool(callback(record))
+            result.seconds = time.perf_counter() - started
+            if checkpoint is not None:
+                checkpoint(
+                    {
+                        "epoch": epoch + 1,
+                        "network": network.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "history": result.history,
+                        "seconds": result.seconds,
+                        "torch_rng": torch.get_rng_state(),
+                        "python_rng": random.getstate(),
+                    }
+                )
+            if stop:
                 result.stopped_at = epoch
                 break
-        result.seconds = time.perf_counter() - started
         network.eval()
         return result
 

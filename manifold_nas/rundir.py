@@ -31,13 +31,18 @@ from typing import Any
 
 from manifold_nas.checkpoint import load_checkpoint, save_checkpoint
 from manifold_nas.errors import UserInputError
+from manifold_nas.interrupts import deferred_signals
 
 LOGGER = logging.getLogger("manifold_nas")
 
-__all__ = ["RUN_FILES", "RunDirectory", "atomic_write_text"]
+__all__ = ["RUN_FILES", "TRAIN_FILES", "RunDirectory", "atomic_write_text"]
 
 #: files that mark a directory as holding a search run
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "genotype.json", "summary.json")
+#: files that mark a directory as holding a retraining (``RUN/retrain``)
+TRAIN_FILES = ("metrics.jsonl", "checkpoint.pt", "train_summary.json", "model.pt")
+#: the files that only a finished run has
+FINISHED_FILES = ("genotype.json", "summary.json", "train_summary.json", "model.pt")
 LOCK_NAME = ".manifold-nas.lock"
 
 
@@ -45,11 +50,12 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with deferred_signals():
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -63,10 +69,15 @@ def _pid_alive(pid: int) -> bool:
 
 
 class RunDirectory:
-    """One run directory, opened for writing by at most one process."""
+    """One run directory, opened for writing by at most one process.
 
-    def __init__(self, path: str | Path) -> None:
+    ``run_files`` are the files that mark the directory as holding a run
+    (:data:`RUN_FILES` for a search, :data:`TRAIN_FILES` for a retraining).
+    """
+
+    def __init__(self, path: str | Path, run_files: tuple[str, ...] = RUN_FILES) -> None:
         self.path = Path(path)
+        self.run_files = run_files
         self._created: list[Path] = []
         self._locked = False
 
@@ -84,7 +95,7 @@ class RunDirectory:
         return self.path / LOCK_NAME
 
     def existing_run_files(self) -> list[str]:
-        return [name for name in RUN_FILES if (self.path / name).exists()]
+        return [name for name in self.run_files if (self.path / name).exists()]
 
     # -- opening and closing ---------------------------------------------------
     def acquire(self) -> None:
@@ -167,7 +178,7 @@ class RunDirectory:
             return None
         if self.checkpoint_path.exists():
             return load_checkpoint(self.checkpoint_path)
-        finished = [name for name in ("genotype.json", "summary.json") if name in existing]
+        finished = [name for name in FINISHED_FILES if name in existing]
         if finished:
             raise UserInputError(
                 f"{self.path} holds a finished run ({', '.join(finished)}) but no checkpoint.pt "

@@ -4,28 +4,36 @@
 (e.g. more channels or cells for the final network, as DARTS does). The
 training loop is :meth:`manifold_nas.run.Run.train`, the same code every
 multi-trial strategy trains its candidates with.
+
+With an output directory the retraining is a run of its own: it takes the
+directory's lock, logs every epoch to ``metrics.jsonl``, writes an atomic
+``checkpoint.pt`` after every epoch and continues from it with
+``resume=True`` (``manifold-nas train RUN --resume``), ending with the same
+weights as an uninterrupted retraining.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from manifold_nas.checkpoint import save_torch_atomically
 from manifold_nas.config import Config
 from manifold_nas.contracts import SearchableNetwork
 from manifold_nas.errors import UserInputError
 from manifold_nas.genotype import Genotype
 from manifold_nas.run import Run, build_network, count_parameters
-from manifold_nas.rundir import atomic_write_text
+from manifold_nas.rundir import TRAIN_FILES, RunDirectory
 
 __all__ = ["train_derived"]
 
 
 def train_derived(
-    genotype: Genotype, config: Config, out_dir: str | Path | None = None, quiet: bool = False
+    genotype: Genotype,
+    config: Config,
+    out_dir: str | Path | None = None,
+    quiet: bool = False,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Build the genotype's network, train it on all training data, test it.
 
@@ -33,7 +41,37 @@ def train_derived(
     written to ``out_dir/train_summary.json`` (with the weights in
     ``out_dir/model.pt``) when ``out_dir`` is given.
     """
-    run = Run(config, quiet=quiet)
+    if out_dir is None:
+        return _train(genotype, config, None, None, quiet)
+    directory = RunDirectory(out_dir, TRAIN_FILES)
+    directory.acquire()
+    try:
+        state = directory.prepare(resume)
+        if state is not None and (
+            state.get("kind") != "train"
+            or state.get("config") != config.to_dict()
+            or state.get("genotype") != genotype.to_dict()["cells"]
+        ):
+            raise UserInputError(
+                f"{directory.checkpoint_path} belongs to another retraining (config or genotype "
+                "differ); choose another --out"
+            )
+        summary = _train(genotype, config, directory, state, quiet)
+    except BaseException:
+        directory.release(failed=True)
+        raise
+    directory.release()
+    return summary
+
+
+def _train(
+    genotype: Genotype,
+    config: Config,
+    directory: RunDirectory | None,
+    state: dict[str, Any] | None,
+    quiet: bool,
+) -> dict[str, Any]:
+    run = Run(config, directory, quiet=quiet)
     fixed = not genotype.cells
     network, _ = build_network(
         config, run.bundle, None if fixed else genotype, extra=config.train.network
@@ -44,23 +82,37 @@ def train_derived(
             "first, then train the run directory or its genotype.json"
         )
     network = network.to(run.device)
-    result = run.train(network, config.train.epochs)
+    cells = genotype.to_dict()["cells"]
+
+    def checkpoint(training_state: dict[str, Any]) -> None:
+        record = training_state["history"][-1]
+        directory.log({"type": "epoch", **record})
+        directory.save_checkpoint(
+            {
+                "kind": "train",
+                "config": config.to_dict(),
+                "genotype": cells,
+                "metrics_bytes": directory.metrics_bytes(),
+                **training_state,
+            }
+        )
+
+    if state is not None:
+        directory.truncate_metrics(int(state["metrics_bytes"]))
+    result = run.train(
+        network,
+        config.train.epochs,
+        resume=state,
+        checkpoint=None if directory is None else checkpoint,
+    )
     test = run.evaluate(network, run.bundle.test, batch_size=config.train.batch_size)
     summary = {
         "test": test,
         "parameters": count_parameters(network),
         "train_seconds": result.seconds,
-        "genotype": genotype.to_dict()["cells"],
+        "genotype": cells,
     }
-    if out_dir is not None:
-        out = Path(out_dir)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise UserInputError(f"cannot create {out}: {err.strerror or err}") from None
-        weights = {k: v.detach().as_subclass(torch.Tensor) for k, v in network.state_dict().items()}
-        tmp = out / f".model.pt.tmp-{id(weights)}"
-        torch.save(weights, tmp)
-        tmp.replace(out / "model.pt")
-        atomic_write_text(out / "train_summary.json", json.dumps(summary, indent=2) + "\n")
+    if directory is not None:
+        save_torch_atomically(network.state_dict(), directory.path / "model.pt")
+        directory.write_json("train_summary.json", summary)
     return summary

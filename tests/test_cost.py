@@ -17,7 +17,6 @@ from manifold_nas.cell import ChosenEdge, SearchCell
 from manifold_nas.genotype import Genotype
 from manifold_nas.opset import OPSETS
 
-
 FAST = {"warmup": 0, "repeats": 2}
 
 

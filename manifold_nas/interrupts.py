@@ -1,0 +1,50 @@
+"""Interrupts: SIGINT and SIGTERM end a command cleanly, never in the middle of a write.
+
+* :func:`deferred_signals` blocks SIGINT and SIGTERM while an atomic write
+  (checkpoint, JSON, weights) is in progress; a signal that arrives meanwhile
+  is delivered right after the rename, so the file on disk is always the old
+  or the new one, complete;
+* :func:`raise_on_sigterm` turns SIGTERM into :class:`Terminated`, an
+  exception the command line catches like Ctrl-C (exit status 143 instead of
+  130), so ``finally`` blocks and lock releases run on both.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = ["Terminated", "deferred_signals", "raise_on_sigterm"]
+
+_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread when the process receives SIGTERM."""
+
+    signum = signal.SIGTERM
+
+
+@contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def raise_on_sigterm() -> None:
+    """Make SIGTERM raise :class:`Terminated` in the main thread."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
