@@ -191,3 +191,27 @@ def test_non_positive_thread_count_is_refused(tmp_path, capsys, tiny_config_dict
     tiny_config_dict["threads"] = 0
     code, _, err = run_cli(capsys, "search", write_config(tmp_path, tiny_config_dict), "--quiet")
     assert_one_line_error(code, err, "threads")
+
+
+def test_genotype_with_an_unknown_op_names_the_op_and_the_op_set(tmp_path, capsys):
+    spd = {
+        "data": {"name": "basic_motions"},
+        "network": {"name": "spdnetnas", "opset": "spd", "cells": 2, "nodes": 2, "channels": 1},
+        "train": {"epochs": 1},
+    }
+    cells = {
+        "reduce": (ChosenEdge("NoSuchOp", 0, 2), ChosenEdge("BiMap_1", 1, 2)),
+        "normal": (ChosenEdge("Skip", 0, 2), ChosenEdge("BiMap_1", 1, 2)),
+    }
+    path = write_genotype(tmp_path, "spd", cells, spd)
+    code, _, err = run_cli(capsys, "train", path, "--quiet")
+    assert_one_line_error(code, err, "'NoSuchOp'", "op set 'spd'")
+    assert "cell type" not in err
+
+
+def test_usage_mistakes_are_one_line_too(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["search"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "config" in err
