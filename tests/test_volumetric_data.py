@@ -138,16 +138,22 @@ def test_labels_outside_the_declared_classes_are_named(tmp_path):
         )
 
 
-def test_4d_image_is_rejected_but_trailing_singleton_is_accepted(tmp_path):
+def test_trailing_singleton_axis_is_one_channel(tmp_path):
     entries = [write_case(tmp_path, "a"), write_case(tmp_path, "b")]
     image = nib.load(str(tmp_path / "imagesTr" / "a.nii.gz")).get_fdata().astype(np.float32)
     write_nifti(tmp_path / "imagesTr" / "a.nii.gz", image[..., None])
     bundle = build_datalist_dataset(
         datalist=str(write_datalist(tmp_path, entries)), patch_size=(8, 8, 4)
     )
+    assert bundle.sample_shape == (1, 8, 8, 4)
     assert bundle.test[0]["image"].ndim == 4
-    write_nifti(tmp_path / "imagesTr" / "a.nii.gz", np.stack([image, image], axis=-1))
-    with pytest.raises(UserInputError, match=r"imagesTr/a\.nii\.gz has shape \(20, 20, 8, 2\)"):
+
+
+def test_5d_image_is_rejected_naming_the_file(tmp_path):
+    entries = [write_case(tmp_path, "a"), write_case(tmp_path, "b")]
+    image = nib.load(str(tmp_path / "imagesTr" / "a.nii.gz")).get_fdata().astype(np.float32)
+    write_nifti(tmp_path / "imagesTr" / "a.nii.gz", np.stack([image, image], axis=-1)[..., None, :])
+    with pytest.raises(UserInputError, match=r"imagesTr/a\.nii\.gz has shape \(20, 20, 8, 1, 2\)"):
         build_datalist_dataset(
             datalist=str(write_datalist(tmp_path, entries)), patch_size=(8, 8, 4)
         )

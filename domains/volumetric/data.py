@@ -4,13 +4,19 @@ Pipeline (MONAI dictionary transforms, keys ``image`` and ``label``)::
 
     LoadImaged (nibabel) → EnsureChannelFirstd → Orientationd(orientation)
     → [Spacingd(spacing), bilinear image / nearest label]
-    → intensity scaling of the image → [train only] RandCropByPosNegLabeld
+    → per-channel intensity scaling of the image → [train only] RandCropByPosNegLabeld
 
 cached by ``CacheDataset`` up to the first random transform. Training items
 are lists of ``samples_per_volume`` patches (flattened by
 ``monai.data.list_data_collate``); test items are whole volumes for
 sliding-window evaluation. Every file is validated first
 (:mod:`domains.volumetric.validation`), and every resampled volume is logged.
+
+Multi-modal cases (a 4-D NIfTI with channels last, or a list of channel
+files per case) load as ``C`` image channels; ``sample_shape = (C, *patch)``
+so the network's input width follows the data. All images must share ``C``;
+the MSD ``"modality"`` names, when given, are recorded as
+``info["modalities"]`` (otherwise ``channel0``, ``channel1``, ...).
 """
 
 from __future__ import annotations
@@ -27,7 +33,13 @@ from monai.transforms import Compose, EnsureTyped, RandCropByPosNegLabeld
 from domains.volumetric.predict import VolumePredictor
 from domains.volumetric.preprocessing import KEYS, VolumePreprocessing
 from domains.volumetric.task import SegmentationTask
-from domains.volumetric.validation import check_patch_fits, check_segmentation_pair, read_datalist
+from domains.volumetric.validation import (
+    check_channel_counts,
+    check_patch_fits,
+    check_segmentation_pair,
+    read_datalist,
+    read_image_header,
+)
 from manifold_nas.data import DATASETS, DataBundle
 from manifold_nas.errors import UserInputError
 
@@ -43,7 +55,7 @@ def thick_slice_axis(spacings: Sequence[Sequence[float]]) -> int | None:
     return int(order[-1]) if median[order[-1]] >= 1.5 * median[order[-2]] else None
 
 
-def _split(files: list[dict[str, str]], test_fraction: float, seed: int, datalist: Path):
+def _split(files: list[dict], test_fraction: float, seed: int, datalist: Path):
     if len(files) < 2:
         raise UserInputError(
             f"datalist {datalist} needs at least 2 training volumes to hold out a test set"
@@ -76,7 +88,9 @@ def build_datalist_dataset(
 
     The test set is the datalist's labelled ``test`` entries when present,
     otherwise a seeded ``test_fraction`` hold-out of ``training``.
-    ``num_classes`` defaults to the number of ``labels`` in the JSON.
+    ``num_classes`` defaults to the number of ``labels`` in the JSON; the
+    number of image channels is read from the files (and checked against the
+    JSON's ``modality`` when present).
     """
     listing = read_datalist(datalist)
     if num_classes is None:
@@ -102,8 +116,13 @@ def build_datalist_dataset(
         percentiles=tuple(float(p) for p in percentiles),
     )
 
+    entries = listing.training + listing.test
+    # headers only: a channel mismatch is reported before any label is loaded
+    images = [read_image_header(entry["image"]) for entry in entries]
+    in_channels = check_channel_counts(images, listing.modalities, listing.path)
+    modalities = listing.modalities or tuple(f"channel{c}" for c in range(in_channels))
     oriented_spacings, resampled = [], []
-    for entry in listing.training + listing.test:
+    for entry in entries:
         header = check_segmentation_pair(entry["image"], entry["label"], num_classes)
         check_patch_fits(header, patch_size, orientation, preprocessing.spacing)
         _, zooms = header.oriented(orientation)
@@ -142,7 +161,8 @@ def build_datalist_dataset(
         "patch_size": patch_size,
         "class_names": class_names,
         "preprocessing": preprocessing.as_dict(),
-        "in_channels": 1,
+        "in_channels": in_channels,
+        "modalities": modalities,
         "through_plane_axis": 2 if axis is None else axis,
         "anisotropic": axis is not None,
         "train_files": [f["image"] for f in train_files],
@@ -156,10 +176,12 @@ def build_datalist_dataset(
         train=train,
         test=test,
         num_classes=num_classes,
-        sample_shape=(1, *patch_size),
+        sample_shape=(in_channels, *patch_size),
         task=task,
         info=info,
         collate_fn=list_data_collate,
         eval_batch_size=1,
-        predictor=VolumePredictor(patch_size, preprocessing, sw_batch_size, sw_overlap),
+        predictor=VolumePredictor(
+            patch_size, preprocessing, sw_batch_size, sw_overlap, in_channels=in_channels
+        ),
     )

@@ -12,12 +12,18 @@ integer label type. To get there without an approximate inverse resampling:
    affine grid whose voxel centres can differ from ``F.interpolate`` by a
    fraction of a voxel; for label maps this is negligible);
 3. intensities are scaled with the same :class:`VolumePreprocessing` as in
-   training, and Gaussian-weighted sliding-window inference with windows of
-   ``roi_size`` segments the whole volume.
+   training (per channel), and Gaussian-weighted sliding-window inference
+   with windows of ``roi_size`` segments the whole volume.
+
+A multi-channel image is read in the training layouts: one 4-D NIfTI with
+channels on the last axis, or (from Python) a list of 3-D channel files. The
+label map is 3-D, in the spatial grid of the image (of its first file for a
+list); its channel count is checked against the network's ``in_channels``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -30,7 +36,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from domains.volumetric.preprocessing import VolumePreprocessing
-from domains.volumetric.validation import read_volume_header
+from domains.volumetric.validation import ImageSource, read_image_header
 from manifold_nas.errors import UserInputError
 
 __all__ = [
@@ -73,32 +79,55 @@ def find_nifti_files(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
     return files
 
 
+def _channels_last(image: ImageSource, spatial: Sequence[int]) -> tuple[np.ndarray, Path]:
+    """The image as a float32 ``(X, Y, Z, C)`` array and the file whose grid it is in."""
+    files = [Path(image)] if isinstance(image, (str, Path)) else [Path(p) for p in image]
+    arrays = [
+        np.asanyarray(nib.load(str(path)).dataobj, dtype=np.float32).reshape(*spatial, -1)
+        for path in files
+    ]
+    return np.concatenate(arrays, axis=-1), files[0]
+
+
 @torch.no_grad()
 def predict_volume(
     model: nn.Module | Callable[[Tensor], Tensor],
-    image_path: str | Path,
+    image_path: ImageSource,
     output_path: str | Path,
     roi_size: Sequence[int],
     preprocessing: VolumePreprocessing | Mapping | None = None,
     sw_batch_size: int = 1,
     overlap: float = 0.25,
     device: torch.device | str = "cpu",
+    in_channels: int | None = None,
 ) -> Path:
-    """Segment ``image_path`` and write the argmax label map to ``output_path``."""
-    image_path, output_path = Path(image_path), Path(output_path)
-    header = read_volume_header(image_path)
-    if output_path.resolve() == image_path.resolve():
+    """Segment ``image_path`` and write the argmax label map to ``output_path``.
+
+    ``image_path`` is one NIfTI file (3-D, or 4-D with channels last) or a
+    list of channel files of one case. When ``in_channels`` is given, an image
+    with another channel count is refused naming the file.
+    """
+    output_path = Path(output_path)
+    header = read_image_header(image_path)
+    if in_channels is not None and header.channels != in_channels:
+        raise UserInputError(
+            f"image {header.path} has {header.channels} channel(s) but the network takes "
+            f"{in_channels}"
+        )
+    inputs = [image_path] if isinstance(image_path, (str, Path)) else list(image_path)
+    if any(output_path.resolve() == Path(p).resolve() for p in inputs):
         raise UserInputError(f"output {output_path} would overwrite its input image")
+    data, reference = _channels_last(image_path, header.shape)
     settings = _as_preprocessing(preprocessing)
-    source = nib.load(str(image_path))
-    data = np.asanyarray(source.dataobj, dtype=np.float32).reshape(header.shape)
+    source = nib.load(str(reference))
 
     start = io_orientation(header.affine)
     target = start if settings.orientation is None else axcodes2ornt(tuple(settings.orientation))
+    # reorients the three spatial axes and carries the trailing channel axis along
     data = apply_orientation(data, ornt_transform(start, target))
     oriented_shape, oriented_zooms = header.oriented(settings.orientation)
 
-    image = torch.as_tensor(np.ascontiguousarray(data))[None]
+    image = torch.as_tensor(np.ascontiguousarray(np.moveaxis(data, -1, 0)))
     for transform in settings.intensity_transform("image"):
         image = transform({"image": image})["image"]
     image = torch.as_tensor(image, dtype=torch.float32)[None]
@@ -126,7 +155,13 @@ def predict_volume(
     out_header = source.header.copy()
     out_header.set_data_dtype(dtype)
     out_header.set_slope_inter(1.0, 0.0)
-    labels = np.ascontiguousarray(labels.astype(dtype)).reshape(source.shape)
+    # a single-channel file keeps its stored layout (e.g. a trailing axis of 1);
+    # a multi-channel one gives a 3-D map, since a label map has no channels
+    single = math.prod(source.shape) == math.prod(header.shape)
+    if not single:
+        out_header.set_intent("none")
+    out_shape = source.shape if single else header.shape
+    labels = np.ascontiguousarray(labels.astype(dtype)).reshape(out_shape)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(labels, source.affine, out_header), str(output_path))
     return output_path
@@ -141,8 +176,12 @@ def predict_paths(
     sw_batch_size: int = 1,
     overlap: float = 0.25,
     device: torch.device | str = "cpu",
+    in_channels: int | None = None,
 ) -> list[Path]:
-    """Segment one image, a list of images or a folder; outputs keep the input file names."""
+    """Segment one image, a list of images or a folder; outputs keep the input file names.
+
+    Each file is one case (3-D, or 4-D with channels last).
+    """
     files = find_nifti_files(inputs)
     output_dir = Path(output_dir)
     return [
@@ -155,6 +194,7 @@ def predict_paths(
             sw_batch_size,
             overlap,
             device,
+            in_channels,
         )
         for path in files
     ]
@@ -165,7 +205,9 @@ class VolumePredictor:
 
     One input file and an ``output`` ending in ``.nii``/``.nii.gz`` writes that
     file; otherwise ``output`` is a folder receiving one label map per input
-    (folders among ``inputs`` are expanded), named like its input.
+    (folders among ``inputs`` are expanded), named like its input. Each input
+    file is one case; a multi-channel case is a 4-D NIfTI with channels last,
+    and its channel count must be ``in_channels`` when that is given.
     """
 
     def __init__(
@@ -174,11 +216,13 @@ class VolumePredictor:
         preprocessing: VolumePreprocessing | Mapping | None = None,
         sw_batch_size: int = 1,
         overlap: float = 0.25,
+        in_channels: int | None = None,
     ) -> None:
         self.roi_size = tuple(int(r) for r in roi_size)
         self.preprocessing = _as_preprocessing(preprocessing)
         self.sw_batch_size = sw_batch_size
         self.overlap = overlap
+        self.in_channels = in_channels
 
     def __call__(
         self,
@@ -188,7 +232,10 @@ class VolumePredictor:
         device: torch.device | str = "cpu",
     ) -> list[Path]:
         files = find_nifti_files(inputs)
-        settings = (self.roi_size, self.preprocessing, self.sw_batch_size, self.overlap, device)
+        settings = (
+            self.roi_size, self.preprocessing, self.sw_batch_size, self.overlap, device,
+            self.in_channels,
+        )  # fmt: skip
         output = Path(output)
         if len(files) == 1 and output.name.endswith(NIFTI_SUFFIXES) and not output.is_dir():
             return [predict_volume(model, files[0], output, *settings)]

@@ -1,4 +1,9 @@
-"""Deterministic volume preprocessing shared by training, evaluation and prediction."""
+"""Deterministic volume preprocessing shared by training, evaluation and prediction.
+
+Images arrive channel-first, ``(C, X, Y, Z)``; every intensity mode that
+estimates statistics from the image does so per channel, so each MRI sequence
+of a multi-modal case is normalised on its own scale.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from monai.transforms import (
     EnsureChannelFirstd,
     LoadImaged,
     MapTransform,
+    NormalizeIntensityd,
     Orientationd,
     ScaleIntensityRanged,
     ScaleIntensityRangePercentilesd,
@@ -21,7 +27,7 @@ from manifold_nas.errors import UserInputError
 __all__ = ["INTENSITY_MODES", "KEYS", "RAS_LABELS", "VolumePreprocessing"]
 
 KEYS = ("image", "label")
-INTENSITY_MODES = ("percentile", "range", "none")
+INTENSITY_MODES = ("percentile", "zscore", "range", "none")
 #: nibabel/MONAI axis-code convention: "R" = increasing towards the right
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
@@ -30,10 +36,17 @@ RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 class VolumePreprocessing:
     """Deterministic preprocessing shared by training, evaluation and prediction.
 
-    ``intensity``: ``"percentile"`` maps the ``percentiles`` of each image to
-    [0, 1] (modality-agnostic, MRI); ``"range"`` maps the fixed window
-    ``intensity_range = (a_min, a_max)`` to [0, 1] (CT, in HU); both clip.
-    ``"none"`` leaves intensities as stored.
+    ``intensity`` (``x_c`` is channel ``c`` of one image):
+
+    * ``"percentile"``: ``x_c ↦ clip((x_c − p_lo(x_c)) / (p_hi(x_c) − p_lo(x_c)), 0, 1)``
+      with ``(p_lo, p_hi)`` the ``percentiles`` of that channel alone
+      (modality-agnostic; MRI);
+    * ``"zscore"``: ``x_c ↦ (x_c − μ_c) / σ_c`` with the mean and standard
+      deviation of the channel's non-zero voxels; zero voxels (the background
+      of skull-stripped MRI) stay 0, as in MONAI's BraTS recipe;
+    * ``"range"``: the fixed window ``intensity_range = (a_min, a_max)``
+      mapped to [0, 1] and clipped (CT, in HU); the same window for every channel;
+    * ``"none"``: intensities as stored.
     """
 
     orientation: str | None = "RAS"
@@ -53,9 +66,16 @@ class VolumePreprocessing:
             raise UserInputError("intensity 'range' needs intensity_range: [a_min, a_max]")
 
     def intensity_transform(self, keys: str | Sequence[str] = "image") -> list[MapTransform]:
+        """The intensity step for channel-first images under ``keys`` (empty for ``"none"``)."""
         if self.intensity == "percentile":
             lower, upper = self.percentiles
-            return [ScaleIntensityRangePercentilesd(keys, lower, upper, 0.0, 1.0, clip=True)]
+            return [
+                ScaleIntensityRangePercentilesd(
+                    keys, lower, upper, 0.0, 1.0, clip=True, channel_wise=True
+                )
+            ]
+        if self.intensity == "zscore":
+            return [NormalizeIntensityd(keys, nonzero=True, channel_wise=True)]
         if self.intensity == "range":
             a_min, a_max = self.intensity_range
             return [ScaleIntensityRanged(keys, a_min, a_max, 0.0, 1.0, clip=True)]
@@ -75,4 +95,5 @@ class VolumePreprocessing:
         return steps + self.intensity_transform("image")
 
     def as_dict(self) -> dict[str, Any]:
+        """The settings as plain values (stored in a run and read back by prediction)."""
         return asdict(self)
