@@ -29,7 +29,16 @@ from manifold_nas.selection import SELECTORS
 from manifold_nas.strategies import STRATEGIES, Strategy
 
 BUILTIN_OPSETS = {"darts", "nb201", "spd", "volumetric"}
-BUILTIN_NETWORKS = {"darts_cnn", "nb201", "simple_cnn", "spdnetnas", "spdnet", "spdnetbn"}
+BUILTIN_NETWORKS = {
+    "darts_cnn",
+    "nb201",
+    "simple_cnn",
+    "spdnetnas",
+    "spdnet",
+    "spdnetbn",
+    "vnas",
+    "monai_unet",
+}
 
 
 def _op_cases():
@@ -128,14 +137,14 @@ def test_every_network_builds_runs_and_round_trips_its_genotypes(name, tmp_path)
     specs = getattr(network, "arch_specs", {})
     if not specs:
         out = network(x)
-        assert out.shape[:2] == (2, run.bundle.num_classes)
+        assert out.shape[:2] == (x.shape[0], run.bundle.num_classes)
         return
     assert isinstance(network, SearchableNetwork)
     check_searchable(network, name)
     uniform = {k: torch.full(s.shape, 1.0 / len(s.ops), dtype=opset.dtype or torch.float32)
                for k, s in specs.items()}  # fmt: skip
     out = network(x, uniform)
-    assert out.shape[:2] == (2, run.bundle.num_classes)
+    assert out.shape[:2] == (x.shape[0], run.bundle.num_classes)
     run.task.loss(out, y).backward()
     assert all(torch.isfinite(p.grad).all() for p in network.parameters() if p.grad is not None)
 

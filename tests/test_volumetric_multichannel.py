@@ -154,7 +154,7 @@ def test_volumetric_net_and_monai_unet_forward_on_a_two_channel_batch(bundle):
     assert x.shape == (4, 2, *PATCH)
     torch.manual_seed(0)
     search = NETWORKS.get("vnas")(VOLUMETRIC_OPSET, bundle, channels=(4, 8))
-    rows = torch.full(search.arch_specs[ARCH_KEY].shape, 1.0 / len(search.candidate_ops))
+    rows = torch.full(search.arch_specs[ARCH_KEY].shape, 1.0 / len(search.op_names))
     assert search(x, {ARCH_KEY: rows}).shape == (4, 2, *PATCH)
     unet = NETWORKS.get("monai_unet")(VOLUMETRIC_OPSET, bundle, channels=(4, 8))
     assert unet(x).shape == (4, 2, *PATCH)

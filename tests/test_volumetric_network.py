@@ -11,7 +11,7 @@ from manifold_nas.errors import UserInputError
 
 
 def uniform_weights(net: VolumetricNet, requires_grad: bool = False) -> dict[str, torch.Tensor]:
-    w = torch.full(net.arch_specs[ARCH_KEY].shape, 1.0 / len(net.candidate_ops))
+    w = torch.full(net.arch_specs[ARCH_KEY].shape, 1.0 / len(net.op_names))
     return {ARCH_KEY: w.requires_grad_(requires_grad)}
 
 

@@ -29,7 +29,7 @@ from domains.volumetric.ops import SPATIAL_DIMS, per_axis_stride
 from manifold_nas.data import DataBundle
 from manifold_nas.errors import UserInputError
 from manifold_nas.genotype import Genotype
-from manifold_nas.networks import NETWORKS
+from manifold_nas.networks import NETWORKS, network_example
 from manifold_nas.opset import OpSet
 
 __all__ = ["MonaiUNetBaseline", "build_monai_unet", "dints_smoke"]
@@ -91,6 +91,13 @@ class MonaiUNetBaseline(nn.Module):
 
 
 @NETWORKS.register("monai_unet")
+@network_example(
+    {"name": "synthetic_shapes", "n_train": 2, "n_test": 1, "shape": [16, 16, 8],
+     "patch_size": [16, 16, 8]},
+    opset="volumetric",
+    channels=[4, 8],
+    strides=[[2, 2, 1]],
+)  # fmt: skip
 def build_monai_unet(
     opset: OpSet,
     data: DataBundle,

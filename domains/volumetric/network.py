@@ -24,7 +24,7 @@ L-1, then decoder cells level L-2 → 0.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -45,7 +45,7 @@ from manifold_nas.cell import ArchSpec, ChosenEdge
 from manifold_nas.data import DataBundle
 from manifold_nas.errors import UserInputError
 from manifold_nas.genotype import Genotype
-from manifold_nas.networks import NETWORKS
+from manifold_nas.networks import NETWORKS, network_example
 from manifold_nas.opset import OpSet, OpSpec
 
 __all__ = [
@@ -168,7 +168,7 @@ class VolumetricNet(nn.Module):
         if unknown:
             raise UserInputError(f"unknown {opset.name} ops {unknown}; known: {opset.op_names}")
         self.opset = opset
-        self.candidate_ops = tuple(ops)
+        self.op_names = tuple(ops)
         self.channels = channels
         self.strides = strides
         self.total_stride = total_stride(strides)
@@ -189,13 +189,13 @@ class VolumetricNet(nn.Module):
                 raise UserInputError(
                     f"choices needs one op per cell ({len(self.cell_levels)}), got {len(choices)}"
                 )
-            bad = [c for c in choices if c not in self.candidate_ops]
+            bad = [c for c in choices if c not in self.op_names]
             if bad:
-                raise UserInputError(f"choices {bad} are not candidate ops {self.candidate_ops}")
+                raise UserInputError(f"choices {bad} are not candidate ops {self.op_names}")
         self.choices = choices
         self.cells = nn.ModuleList(
             ResidualCell(
-                opset, self.candidate_ops if choices is None else (choices[i],), self.cell_spec(i)
+                opset, self.op_names if choices is None else (choices[i],), self.cell_spec(i)
             )
             for i in range(len(self.cell_levels))
         )
@@ -250,7 +250,13 @@ class VolumetricNet(nn.Module):
         if self.choices is not None:
             return {}
         edges = tuple((0, i + 1) for i in range(self.n_cells))
-        return {ARCH_KEY: ArchSpec(ops=self.candidate_ops, edges=edges, n_inputs=1, keep=1)}
+        return {ARCH_KEY: ArchSpec(ops=self.op_names, edges=edges, n_inputs=1, keep=1)}
+
+    def candidate_ops(self) -> Iterator[tuple[str, int, int, str, nn.Module]]:
+        """Every candidate op as ``(spec, row, column, op name, module)`` for the cost model."""
+        for i, cell in enumerate(self.cells):
+            for name in cell.op_names:
+                yield ARCH_KEY, i, self.op_names.index(name), name, cell.ops[name]
 
     def cell_spec(self, index: int) -> OpSpec:
         c = self.channels[self.cell_levels[index]]
@@ -312,7 +318,7 @@ class VolumetricNet(nn.Module):
             "num_classes": self.head.out_channels,
             "channels": self.channels,
             "strides": self.strides,
-            "ops": self.candidate_ops,
+            "ops": self.op_names,
             "patch_size": self.patch_size,
             "cells_per_level": self.cells_per_level,
             "upsample": "deconv" if isinstance(self.up[0][0], nn.ConvTranspose3d) else "trilinear",
@@ -335,10 +341,10 @@ class VolumetricNet(nn.Module):
             raise ValueError(f"cost kind must be 'params' or 'memory', got {kind!r}")
         if kind == "memory" and self.patch_size is None:
             raise ValueError("the memory cost needs the network built with a patch_size")
-        table = torch.zeros(self.n_cells, len(self.candidate_ops), dtype=torch.float64)
+        table = torch.zeros(self.n_cells, len(self.op_names), dtype=torch.float64)
         for i, lvl in enumerate(self.cell_levels):
             spec = self.cell_spec(i)
-            for j, name in enumerate(self.candidate_ops):
+            for j, name in enumerate(self.op_names):
                 cost = op_cost(name, spec)
                 if kind == "params":
                     table[i, j] = cost.params
@@ -360,7 +366,7 @@ class VolumetricNet(nn.Module):
                 raise ValueError("a searchable VolumetricNet needs explicit choices to cost")
             choices = self.choices
         table = self.cost_table(kind)
-        return float(sum(table[i, self.candidate_ops.index(c)] for i, c in enumerate(choices)))
+        return float(sum(table[i, self.op_names.index(c)] for i, c in enumerate(choices)))
 
     def cost_penalty(
         self,
@@ -394,6 +400,13 @@ def genotype_from_choices(choices: Sequence[str], ops: Sequence[str] = VNAS_OPS)
 
 
 @NETWORKS.register("vnas")
+@network_example(
+    {"name": "synthetic_shapes", "n_train": 2, "n_test": 1, "shape": [16, 16, 8],
+     "patch_size": [16, 16, 8]},
+    opset="volumetric",
+    channels=[4, 8],
+    strides=[[2, 2, 1]],
+)  # fmt: skip
 def build_vnas_network(
     opset: OpSet,
     data: DataBundle,
@@ -434,10 +447,8 @@ def build_vnas_network(
         # ``manifold-nas train`` passes an empty genotype for a fixed network
         if genotype is not None and genotype.cells:
             raise UserInputError("give either a genotype or network.fixed_op, not both")
-        if fixed_op not in network.candidate_ops:
-            raise UserInputError(
-                f"fixed_op {fixed_op!r} is not among the ops {network.candidate_ops}"
-            )
+        if fixed_op not in network.op_names:
+            raise UserInputError(f"fixed_op {fixed_op!r} is not among the ops {network.op_names}")
         return network.derive(baseline_choices(network, fixed_op))
     if genotype is not None:
         return network.derive(choices_from_genotype(genotype))

@@ -41,11 +41,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from monai.networks.layers.factories import Conv
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
 
-from manifold_nas.opset import OpSet, OpSpec, register_opset
+from manifold_nas.opset import OpExample, OpSet, OpSpec, register_opset
 
 __all__ = [
     "DEFAULT_ACT",
@@ -186,6 +187,17 @@ def _build_op(name: str):
 
 VOLUMETRIC_OPS: tuple[str, ...] = ("conv2d", "conv3d", "p3d", "p3d_1", "p3d_2", "skip")
 
+
+def volume_examples() -> list[OpExample]:
+    """Contract-test probes: 3 -> 4 channels on a 6x6x4 volume, strides 1, 2 and in-plane (2, 2, 1)."""
+    x = torch.randn(2, 3, 6, 6, 4)
+    examples = []
+    for stride, size in ((1, (6, 6, 4)), (2, (3, 3, 2)), ((2, 2, 1), (3, 3, 4))):
+        spec = OpSpec(3, 4, stride, {"through_plane_axis": 2})
+        examples.append(OpExample(spec, x, (2, 4, *size)))
+    return examples
+
+
 VOLUMETRIC_OPSET = register_opset(
     OpSet(
         name="volumetric",
@@ -196,5 +208,6 @@ VOLUMETRIC_OPSET = register_opset(
             "V-NAS per-layer choice between in-plane 2D, 3D and pseudo-3D convolutions "
             "(+ identity) for anisotropic 3D volumes"
         ),
+        examples=volume_examples,
     )
 )
