@@ -147,7 +147,13 @@ class SearchSettings:
 
 @dataclass
 class TrainSettings:
-    """Retraining the derived network from scratch."""
+    """Retraining the derived network from scratch.
+
+    ``valid_portion > 0`` holds out that fraction of the training set: the
+    network is validated after every epoch, the best epoch's weights are kept
+    (model selection) and ``patience`` epochs without improvement stop the
+    training. ``label_smoothing`` applies to classification losses.
+    """
 
     epochs: int = field(default=20, metadata=_check(_int_at_least(1)))
     batch_size: int = field(default=64, metadata=_check(_int_at_least(1)))
@@ -162,6 +168,13 @@ class TrainSettings:
     network: dict[str, Any] = field(default_factory=dict, metadata=_check(_mapping))
     max_steps_per_epoch: int | None = field(
         default=None, metadata=_check(_int_at_least(1, optional=True))
+    )
+    valid_portion: float = field(
+        default=0.0, metadata=_check(_number(0.0, high=1.0, open_high=True))
+    )
+    patience: int | None = field(default=None, metadata=_check(_int_at_least(1, optional=True)))
+    label_smoothing: float = field(
+        default=0.0, metadata=_check(_number(0.0, high=1.0, open_high=True))
     )
 
 

@@ -214,6 +214,7 @@ class TrainingResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     stopped_at: int | None = None
+    best_epoch: int | None = None
 
     @property
     def last_valid(self) -> dict[str, Any]:
@@ -360,6 +361,8 @@ class Run:
         desc: str = "train",
         resume: Mapping[str, Any] | None = None,
         checkpoint: Callable[[dict[str, Any]], None] | None = None,
+        select_best: bool = False,
+        patience: int | None = None,
     ) -> TrainingResult:
         """Train ``network`` for up to ``epochs`` epochs with the ``train`` settings.
 
@@ -373,6 +376,10 @@ class Run:
         needed to continue (network, optimizer, scheduler, history, random
         streams); passing such a state back as ``resume`` continues exactly
         where it was taken.
+
+        With ``select_best`` (and a ``valid_set``) the weights of the epoch
+        with the best validation score are restored at the end; ``patience``
+        stops the training after that many epochs without a better score.
         """
         t = settings or self.config.train
         train_set = self.bundle.train if train_set is None else train_set
@@ -383,6 +390,8 @@ class Run:
             optimizer, T_max=max(1, epochs), eta_min=t.lr_min
         )
         result = TrainingResult()
+        primary = self.task.primary_metric
+        best: dict[str, Any] = {"score": None, "epoch": None, "state": None}
         start = 0
         if resume is not None:
             network.load_state_dict(resume["network"])
@@ -393,6 +402,7 @@ class Run:
             torch.set_rng_state(resume["torch_rng"])
             random.setstate(_as_python_random_state(resume["python_rng"]))
             start = int(resume["epoch"])
+            best = dict(resume.get("best", best))
         started = time.perf_counter() - result.seconds
         for epoch in range(start, epochs):
             network.train()
@@ -404,7 +414,7 @@ class Run:
                     break
                 x, y = self.inputs(batch)
                 optimizer.zero_grad(set_to_none=True)
-                loss = self.task.loss(network(x), y)
+                loss = self.task.training_loss(network(x), y, t.label_smoothing)
                 loss.backward()
                 if t.grad_clip:
                     nn.utils.clip_grad_norm_(network.parameters(), t.grad_clip)
@@ -418,6 +428,12 @@ class Run:
                 record["valid"] = self.evaluate(network, valid_set, batch_size=t.batch_size)
             result.history.append(record)
             stop = callback is not None and bool(callback(record))
+            if select_best and "valid" in record:
+                score = float(record["valid"][primary])
+                if best["score"] is None or score > best["score"]:
+                    best = {"score": score, "epoch": epoch, "state": _cpu_state(network)}
+                elif patience is not None and epoch - best["epoch"] >= patience:
+                    stop = True
             result.seconds = time.perf_counter() - started
             if checkpoint is not None:
                 checkpoint(
@@ -430,11 +446,15 @@ class Run:
                         "seconds": result.seconds,
                         "torch_rng": torch.get_rng_state(),
                         "python_rng": random.getstate(),
+                        "best": best,
                     }
                 )
             if stop:
                 result.stopped_at = epoch
                 break
+        if select_best and best["state"] is not None:
+            network.load_state_dict(best["state"])
+            result.best_epoch = best["epoch"]
         network.eval()
         return result
 
@@ -498,6 +518,10 @@ class Run:
         """Endless shuffled batches of ``dataset``, reshuffled by a seed per pass."""
         for k in itertools.count():
             yield from self.loader(dataset, batch_size, True, seed + 7919 * k)
+
+
+def _cpu_state(network: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in network.state_dict().items()}
 
 
 def _as_python_random_state(state: Any) -> tuple:

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from manifold_nas.errors import UserInputError
+
 __all__ = ["ClassificationTask", "Task"]
 
 
@@ -29,6 +31,14 @@ class Task:
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def training_loss(self, output: Tensor, target: Tensor, label_smoothing: float = 0.0) -> Tensor:
+        """The loss weights are trained on; only classification supports label smoothing."""
+        if label_smoothing:
+            raise UserInputError(
+                f"train.label_smoothing applies to classification, not to {type(self).__name__}"
+            )
+        return self.loss(output, target)
 
     def batch_metrics(self, output: Tensor, target: Tensor) -> dict[str, float]:
         """Metrics of one training batch, for progress bars and metrics.jsonl."""
@@ -51,6 +61,9 @@ class ClassificationTask(Task):
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         return F.cross_entropy(output, target)
+
+    def training_loss(self, output: Tensor, target: Tensor, label_smoothing: float = 0.0) -> Tensor:
+        return F.cross_entropy(output, target, label_smoothing=label_smoothing)
 
     def batch_metrics(self, output: Tensor, target: Tensor) -> dict[str, float]:
         return {"accuracy": (output.argmax(dim=-1) == target).float().mean().item()}

@@ -22,7 +22,7 @@ from manifold_nas.config import Config
 from manifold_nas.contracts import SearchableNetwork
 from manifold_nas.errors import UserInputError
 from manifold_nas.genotype import Genotype
-from manifold_nas.run import Run, build_network, count_parameters
+from manifold_nas.run import Run, build_network, count_parameters, split_train
 from manifold_nas.rundir import TRAIN_FILES, RunDirectory
 
 __all__ = ["train_derived"]
@@ -99,19 +99,31 @@ def _train(
 
     if state is not None:
         directory.truncate_metrics(int(state["metrics_bytes"]))
+    t = config.train
+    train_set, valid_set = run.bundle.train, None
+    if t.valid_portion > 0:
+        train_set, valid_set = split_train(run.bundle.train, 1.0 - t.valid_portion, config.seed)
     result = run.train(
         network,
-        config.train.epochs,
+        t.epochs,
+        train_set=train_set,
+        valid_set=valid_set,
         resume=state,
         checkpoint=None if directory is None else checkpoint,
+        select_best=valid_set is not None,
+        patience=t.patience,
     )
     test = run.evaluate(network, run.bundle.test, batch_size=config.train.batch_size)
     summary = {
         "test": test,
         "parameters": count_parameters(network),
         "train_seconds": result.seconds,
+        "epochs_trained": len(result.history),
         "genotype": cells,
     }
+    if result.best_epoch is not None:
+        summary["best_epoch"] = result.best_epoch
+        summary["valid"] = result.history[result.best_epoch]["valid"]
     if directory is not None:
         save_torch_atomically(network.state_dict(), directory.path / "model.pt")
         directory.write_json("train_summary.json", summary)
