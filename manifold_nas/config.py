@@ -110,7 +110,13 @@ def _check(rule: Callable[[Any], str | None]) -> dict[str, Any]:
 
 @dataclass
 class SearchSettings:
-    """The bilevel search loop."""
+    """The bilevel search loop (and the shared search settings of every strategy).
+
+    ``entropy_weight`` adds ``λ(t) · mean edge entropy`` of the architecture
+    distribution to the architecture loss, ``λ(t)`` rising linearly from 0
+    after the warm-up to ``entropy_weight`` at the last epoch (DiNTS), so the
+    search ends on a distribution that has chosen.
+    """
 
     epochs: int = field(default=10, metadata=_check(_int_at_least(1)))
     batch_size: int = field(default=64, metadata=_check(_int_at_least(1)))
@@ -141,6 +147,7 @@ class SearchSettings:
     max_steps_per_epoch: int | None = field(
         default=None, metadata=_check(_int_at_least(1, optional=True))
     )
+    entropy_weight: float = field(default=0.0, metadata=_check(_number(0.0)))
     backend: str = field(default="local", metadata=_check(_one_of("local", "ray")))
     ray_address: str | None = None
 

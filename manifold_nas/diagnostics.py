@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -20,12 +21,44 @@ from manifold_nas.cell import ArchSpec
 from manifold_nas.relaxations import entropy
 from manifold_nas.selection import topk_argmax
 
-__all__ = ["dominant_hessian_eigenvalue", "edge_entropies", "parameter_free_count"]
+__all__ = [
+    "decision",
+    "dominant_hessian_eigenvalue",
+    "edge_entropies",
+    "parameter_free_count",
+]
+
+#: above this mean entropy (as a fraction of its maximum) the argmax reads a near-uniform
+#: distribution and a search is reported as undecided
+UNDECIDED_ENTROPY_RATIO = 0.9
 
 
 def edge_entropies(probabilities: Mapping[str, Tensor]) -> dict[str, list[float]]:
     """Per cell type, the entropy (nats) of every edge's distribution."""
     return {name: entropy(p).tolist() for name, p in probabilities.items()}
+
+
+def decision(probabilities: Mapping[str, Tensor]) -> dict[str, float]:
+    """How decided the architecture distribution is.
+
+    ``entropy_ratio``: mean over edges of the entropy divided by its maximum
+    ``ln K`` (1 = uniform, 0 = one-hot); ``top2_margin``: mean over edges of
+    the gap between the two most probable ops (0 = a tie).
+    """
+    ratios, margins = [], []
+    for p in probabilities.values():
+        k = p.shape[-1]
+        if k < 2:
+            continue
+        ratios.append(entropy(p) / math.log(k))
+        top = p.topk(2, dim=-1).values
+        margins.append(top[..., 0] - top[..., 1])
+    if not ratios:
+        return {"entropy_ratio": 0.0, "top2_margin": 1.0}
+    return {
+        "entropy_ratio": float(torch.cat(ratios).mean()),
+        "top2_margin": float(torch.cat(margins).mean()),
+    }
 
 
 def parameter_free_count(

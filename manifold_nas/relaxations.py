@@ -75,15 +75,26 @@ class Relaxation:
 
 @RELAXATIONS.register("softmax")
 class SoftmaxRelaxation(Relaxation):
-    """DARTS: :math:`w = \\operatorname{softmax}(\\alpha / T)`."""
+    """DARTS: :math:`w = \\operatorname{softmax}(\\alpha / T)`.
+
+    With ``temperature_end`` the temperature anneals geometrically over the
+    search (SNAS-style), sharpening the distribution as the search ends.
+    """
 
     name = "softmax"
 
-    def __init__(self, temperature: float = 1.0) -> None:
+    def __init__(self, temperature: float = 1.0, temperature_end: float | None = None) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"softmax temperature must be positive, got {temperature}")
-        self.temperature = temperature
+        for value in (temperature, temperature_end):
+            if value is not None and value <= 0:
+                raise ValueError(f"softmax temperatures must be positive, got {value}")
+        self.start = temperature
+        self.end = temperature if temperature_end is None else temperature_end
+
+    @property
+    def temperature(self) -> float:
+        """Geometric interpolation from ``temperature`` to ``temperature_end`` over the search."""
+        return self.start * (self.end / self.start) ** self.progress
 
     def probabilities(self, param: Tensor) -> Tensor:
         return F.softmax(param / self.temperature, dim=-1)
@@ -208,6 +219,7 @@ class DirichletRelaxation(Relaxation):
 
 
 def entropy(probabilities: Tensor) -> Tensor:
-    """Per-row Shannon entropy in nats, with ``0 log 0 = 0``."""
+    """Per-row Shannon entropy in nats, with ``0 log 0 = 0`` and a finite gradient there."""
     p = probabilities.clamp_min(0)
-    return -(torch.where(p > 0, p * p.log(), torch.zeros_like(p))).sum(dim=-1)
+    tiny = torch.finfo(p.dtype).tiny
+    return -(p * p.clamp_min(tiny).log()).sum(dim=-1)

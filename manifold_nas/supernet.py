@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from manifold_nas.cell import ArchSpec
-from manifold_nas.relaxations import Relaxation
+from manifold_nas.relaxations import Relaxation, entropy
 
 __all__ = ["ArchitectureParameters", "Supernet"]
 
@@ -100,16 +100,23 @@ class Supernet(nn.Module):
         self.network = network
         self.arch = arch
         self.penalty = penalty
+        #: weight of the mean edge entropy in the architecture loss (0: off)
+        self.entropy_weight = 0.0
 
     def regularizer(self) -> Tensor:
-        """The relaxation's term plus the optional cost penalty on the probabilities."""
+        """The relaxation's term, the optional cost penalty and the optional entropy term."""
         total = self.arch.regularizer()
+        if self.penalty is None and not self.entropy_weight:
+            return total
+        probabilities = {
+            name: self.arch.relaxation.probabilities(alpha)
+            for name, alpha in self.arch.alphas.items()
+        }
         if self.penalty is not None:
-            probabilities = {
-                name: self.arch.relaxation.probabilities(alpha)
-                for name, alpha in self.arch.alphas.items()
-            }
             total = total + self.penalty(probabilities)
+        if self.entropy_weight:
+            entropies = torch.cat([entropy(p) for p in probabilities.values()])
+            total = total + self.entropy_weight * entropies.mean()
         return total
 
     @property

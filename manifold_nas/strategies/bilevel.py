@@ -29,6 +29,8 @@ from manifold_nas.architect import Architect
 from manifold_nas.config import call_with_options, split_name
 from manifold_nas.contracts import has_cost_model
 from manifold_nas.diagnostics import (
+    UNDECIDED_ENTROPY_RATIO,
+    decision,
     dominant_hessian_eigenvalue,
     edge_entropies,
     parameter_free_count,
@@ -129,6 +131,7 @@ class BilevelStrategy(Strategy):
         s = run.config.search
         started = time.perf_counter()
         self.supernet.arch.relaxation.set_progress(self.epoch / max(1, s.epochs))
+        self.supernet.entropy_weight = self._entropy_weight(s)
         if arch_steps is None:
             arch_steps = self.epoch >= s.warmup_epochs
         task = run.task
@@ -172,6 +175,13 @@ class BilevelStrategy(Strategy):
         self.epoch += 1
         return summary
 
+    def _entropy_weight(self, s) -> float:
+        """``λ(t)``: 0 until the warm-up ends, then rising linearly to ``entropy_weight``."""
+        if not s.entropy_weight:
+            return 0.0
+        searched = max(1, s.epochs - s.warmup_epochs)
+        return s.entropy_weight * min(1.0, max(0.0, (self.epoch - s.warmup_epochs + 1) / searched))
+
     def _steps_per_epoch(self, run: Run) -> int:
         s = run.config.search
         steps = -(-len(run.weight_set) // s.batch_size)
@@ -193,6 +203,7 @@ class BilevelStrategy(Strategy):
             "entropy": entropies,
             "mean_entropy": sum(sum(v) for v in entropies.values())
             / max(1, sum(len(v) for v in entropies.values())),
+            **decision(probs),
             "parameter_free": parameter_free_count(
                 probs, self.supernet.specs, run.opset.zero, run.opset.parameter_free
             ),
@@ -239,6 +250,15 @@ class BilevelStrategy(Strategy):
                 self.train_epoch(run, arch_steps=True)
 
         chosen = selector(SelectionContext(self.supernet, run.opset.zero, evaluate, finetune))
+        state = decision(self.supernet.arch.probabilities())
+        if state["entropy_ratio"] > UNDECIDED_ENTROPY_RATIO:
+            LOGGER.warning(
+                "the architecture distribution is near-uniform (mean edge entropy %.0f%% of its "
+                "maximum, top-2 margin %.3f), so the chosen cell is close to a random draw; search "
+                "longer, raise the architecture step size or set search.entropy_weight",
+                100 * state["entropy_ratio"],
+                state["top2_margin"],
+            )
         return genotype_of(self.supernet, chosen, run.opset.name, run.config)
 
     def summary(self, run: Run) -> dict[str, Any]:
@@ -247,6 +267,7 @@ class BilevelStrategy(Strategy):
         summary: dict[str, Any] = {
             "final": last.get("valid", {}),
             "mean_entropy": last.get("mean_entropy"),
+            **decision(self.supernet.arch.probabilities()),
             "parameter_free": last.get("parameter_free"),
             "epochs": self.epoch,
             "parameters": {
