@@ -22,7 +22,12 @@ from manifold_nas.strategies.random_search import RandomSearch
 REPO = Path(__file__).resolve().parents[1]
 LAYOUT = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "genotype.json", "summary.json")
 #: the smallest budget of each built-in strategy; a new strategy runs with its defaults
-TINY_OPTIONS = {"random": {"trials": 2, "epochs": 1}}
+TINY_OPTIONS = {
+    "random": {"trials": 2, "epochs": 1},
+    "evolution": {"trials": 3, "population": 2, "sample": 1, "epochs": 1},
+    "spos": {"final_paths": 2, "recalibration_batches": 1},
+    "cream": {"warmup_epochs": 0, "board_size": 2, "meta_interval": 1, "recalibration_batches": 1},
+}
 
 
 def read_records(path):
