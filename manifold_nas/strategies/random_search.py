@@ -9,19 +9,21 @@ the best. Li & Talwalkar ("Random Search and Reproducibility for NAS", 2019)
 showed this baseline to be competitive with early weight-sharing methods at
 equal budget.
 
-Each trial is seeded by the run's seed and its index, so a trial gives the
-same network whether or not the search was interrupted before it; the
-checkpoint after every trial holds the finished trials and the sampler's
-state.
+The trials, the ``proxy:`` setting they train at, early stopping, the
+parameter filter, the backend (``local`` or ``ray``), resume and the trial
+table come from the shared loop :class:`~manifold_nas.multi_trial.MultiTrialSearch`;
+this strategy only draws the genotypes, from one random stream seeded by the
+run's seed and saved in every checkpoint.
 """
 
 from __future__ import annotations
 
-import random
+from collections.abc import Mapping
 from typing import Any
 
-from manifold_nas.genotype import Genotype, parse_cells
-from manifold_nas.run import Run, count_parameters, seed_everything
+from manifold_nas.genotype import Genotype
+from manifold_nas.multi_trial import MultiTrialSearch, trial_seed
+from manifold_nas.run import Run
 from manifold_nas.sampling import random_genotype
 from manifold_nas.strategies import register_strategy
 from manifold_nas.strategies.base import Strategy
@@ -29,93 +31,37 @@ from manifold_nas.strategies.base import Strategy
 __all__ = ["RandomSearch", "trial_seed"]
 
 
-def trial_seed(seed: int, trial: int) -> int:
-    """The seed of trial ``trial`` of a run seeded ``seed`` (independent of interruptions)."""
-    return (seed * 1_000_003 + 7_919 * (trial + 1)) % (2**31 - 1)
-
-
 @register_strategy("random")
-class RandomSearch(Strategy):
-    """Random search: ``trials`` random genotypes, each trained ``epochs`` epochs.
+class RandomSearch(MultiTrialSearch, Strategy):
+    """Random search: ``trials`` random genotypes, each trained up to ``epochs`` epochs.
 
     Parameters
     ----------
     trials:
-        Number of genotypes sampled and trained.
+        Number of genotypes trained (candidates rejected by
+        ``max_parameters`` are redrawn and do not count).
     epochs:
-        Training epochs per trial (the final network is retrained in full by
-        ``manifold-nas train``).
+        Training epochs per trial, unless ``proxy.epochs`` is set (the final
+        network is retrained in full by ``manifold-nas train``).
+    batch:
+        Trials trained together (in parallel with ``search.backend: ray``).
+    early_stopping:
+        ``none``, ``asha``, ``learning_curve``, or a mapping with a ``name``
+        and the rule's options.
+    max_parameters:
+        Reject candidates whose full-setting network is larger; None keeps all.
     """
 
-    def __init__(self, trials: int = 8, epochs: int = 3) -> None:
-        if int(trials) != trials or trials < 1:
-            raise ValueError(f"trials must be a positive integer, got {trials}")
-        if int(epochs) != epochs or epochs < 1:
-            raise ValueError(f"epochs must be a positive integer, got {epochs}")
-        self.n_trials = int(trials)
-        self.epochs = int(epochs)
-        self.trials: list[dict[str, Any]] = []
+    def __init__(
+        self,
+        trials: int = 8,
+        epochs: int = 3,
+        batch: int = 4,
+        early_stopping: str | Mapping[str, Any] | None = "none",
+        max_parameters: int | None = None,
+    ) -> None:
+        self._init_multi_trial(trials, epochs, batch, early_stopping, max_parameters)
 
-    def setup(self, run: Run) -> None:
-        self.specs = run.build_searchable().arch_specs
-        self.sampler = random.Random(run.config.seed)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"trials": self.trials, "sampler": self.sampler.getstate()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.trials = list(state["trials"])
-        version, internal, gauss = state["sampler"]
-        self.sampler.setstate((version, tuple(internal), gauss))
-
-    def progress(self) -> str:
-        return f"after trial {len(self.trials)} of {self.n_trials}"
-
-    def run(self, run: Run) -> Genotype:
-        primary = run.task.primary_metric
-        while len(self.trials) < self.n_trials:
-            index = len(self.trials)
-            genotype = random_genotype(self.specs, run.opset.name, run.opset.zero, self.sampler)
-            seed = trial_seed(run.config.seed, index)
-            seed_everything(seed)
-            network = run.build_derived(genotype)
-            result = run.train(
-                network,
-                self.epochs,
-                train_set=run.weight_set,
-                valid_set=run.valid_set,
-                loader_seed=seed,
-                desc=f"trial {index + 1}/{self.n_trials}",
-            )
-            record = {
-                "type": "trial",
-                "trial": index,
-                "genotype": genotype.to_dict()["cells"],
-                "parameters": count_parameters(network),
-                "curve": [r["valid"][primary] for r in result.history],
-                "valid": result.last_valid,
-                "seconds": result.seconds,
-            }
-            run.log(record)
-            self.trials.append(record)
-            run.checkpoint(self)
-        best = self.best_trial(primary)
-        return Genotype(
-            opset=run.opset.name,
-            cells=parse_cells(best["genotype"]),
-            ops={name: spec.ops for name, spec in self.specs.items()},
-            config=run.config.to_dict(),
-        )
-
-    def best_trial(self, primary: str) -> dict[str, Any]:
-        """The trial with the highest final validation score (the earliest on ties)."""
-        return max(self.trials, key=lambda t: (t["valid"].get(primary, float("-inf")), -t["trial"]))
-
-    def summary(self, run: Run) -> dict[str, Any]:
-        best = self.best_trial(run.task.primary_metric)
-        return {
-            "final": best["valid"],
-            "best_trial": best["trial"],
-            "trials": len(self.trials),
-            "epochs_per_trial": self.epochs,
-        }
+    def propose(self, run: Run, slot: int) -> tuple[Genotype, str]:
+        genotype = random_genotype(self.specs, run.opset.name, run.opset.zero, self.sampler)
+        return genotype, "random"
