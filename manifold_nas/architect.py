@@ -76,6 +76,12 @@ class Architect:
     weight_optimizer:
         The weight optimizer, read (never stepped) for the virtual step's
         learning rate, momentum buffers and weight decay.
+    reduce:
+        Averages a list of gradients over data-parallel processes (identity
+        in one process). Architecture gradients, and the weight gradients of
+        the second-order virtual step, are formed with ``torch.autograd.grad``
+        where ``DistributedDataParallel`` does not see them, so they are
+        averaged here and every process takes the same architecture step.
     """
 
     def __init__(
@@ -85,6 +91,7 @@ class Architect:
         optimizer: torch.optim.Optimizer,
         order: str = "first",
         weight_optimizer: torch.optim.Optimizer | None = None,
+        reduce: Callable[[list[Tensor]], list[Tensor]] | None = None,
     ) -> None:
         if order not in ("first", "second"):
             raise ValueError(f"order must be 'first' or 'second', got {order!r}")
@@ -95,6 +102,7 @@ class Architect:
         self.optimizer = optimizer
         self.order = order
         self.weight_optimizer = weight_optimizer
+        self.reduce = reduce or (lambda tensors: tensors)
 
     # -- losses -----------------------------------------------------------
     def _loss(self, params: dict[str, Tensor], x: Tensor, y: Any) -> Tensor:
@@ -114,7 +122,7 @@ class Architect:
         if self.order == "first":
             loss = self._arch_loss({**weights, **arch}, x_val, y_val)
             grads = torch.autograd.grad(loss, list(arch.values()), allow_unused=True)
-            return _fill(grads, arch.values()), loss.detach()
+            return self.reduce(_fill(grads, arch.values())), loss.detach()
         return self._second_order_gradient(arch, weights, train_batch, val_batch)
 
     def _virtual_step(self, weights: dict[str, Tensor], train_batch, arch) -> dict[str, Tensor]:
@@ -124,11 +132,11 @@ class Architect:
         }
         loss = self._loss({**leaves, **{n: a.detach() for n, a in arch.items()}}, x_tr, y_tr)
         grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+        grads = self.reduce(_fill(grads, leaves.values()))
         lr, momentum, decay = self._weight_hyperparameters()
         state = self.weight_optimizer.state
         stepped = {}
         for (name, w), g in zip(weights.items(), grads):
-            g = torch.zeros_like(w) if g is None else g
             is_manifold = getattr(w, "manifold", None) is not None
             if decay and not is_manifold:
                 g = g + decay * w.detach()
@@ -150,8 +158,8 @@ class Architect:
         grads = torch.autograd.grad(
             val_loss, list(arch.values()) + list(virtual.values()), allow_unused=True
         )
-        d_arch = _fill(grads[: len(arch)], arch.values())
-        d_weights = _fill(grads[len(arch) :], virtual.values())
+        grads = self.reduce(_fill(grads, [*arch.values(), *virtual.values()]))
+        d_arch, d_weights = grads[: len(arch)], grads[len(arch) :]
         norm = torch.sqrt(sum((g.double() ** 2).sum() for g in d_weights))
         if float(norm) == 0.0:
             return d_arch, val_loss.detach()
@@ -164,8 +172,11 @@ class Architect:
             }
             loss = self._loss({**perturbed, **arch}, x_tr, y_tr)
             mixed.append(
-                _fill(
-                    torch.autograd.grad(loss, list(arch.values()), allow_unused=True), arch.values()
+                self.reduce(
+                    _fill(
+                        torch.autograd.grad(loss, list(arch.values()), allow_unused=True),
+                        arch.values(),
+                    )
                 )
             )
         hessian_term = [(gp - gm) / (2 * eps) for gp, gm in zip(*mixed)]

@@ -102,9 +102,17 @@ def cmd_search(args: argparse.Namespace) -> int:
         ["manifold-nas", "search", args.config, *args.overrides, "--out", str(out), "--resume"],
     )
     _, genotype, summary = _search(args.config, args.overrides, out, args.resume, args.quiet)
-    print(genotype.describe())
-    print(f"search finished: {json.dumps(summary['final'])} -> {out}")
+    if _is_main_process():
+        print(genotype.describe())
+        print(f"search finished: {json.dumps(summary['final'])} -> {out}")
     return 0
+
+
+def _is_main_process() -> bool:
+    """False on the ranks > 0 of a torchrun launch, which stay silent."""
+    from manifold_nas.distributed import current_world
+
+    return current_world().is_main
 
 
 def _load_genotype_and_config(target: str, overrides: Sequence[str]):
@@ -149,7 +157,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         ["manifold-nas", "train", args.target, *args.overrides, "--out", str(out), "--resume"],
     )
     summary = train_derived(genotype, config, out, quiet=args.quiet, resume=args.resume)
-    print(f"test: {json.dumps(summary['test'])}  parameters: {summary['parameters']} -> {out}")
+    if _is_main_process():
+        print(f"test: {json.dumps(summary['test'])}  parameters: {summary['parameters']} -> {out}")
     return 0
 
 
@@ -233,6 +242,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config, genotype, summary = _search(config_path, args.overrides, out, False, args.quiet)
     print("derived genotype:")
     print(genotype.describe())
+    if summary.get("entropy_ratio") is not None:
+        print(
+            f"decision: mean edge entropy {100 * summary['entropy_ratio']:.0f}% of its maximum "
+            f"(100% = uniform, undecided), top-2 margin {summary['top2_margin']:.3f}"
+        )
     trained = train_derived(genotype, config, out / "retrain", quiet=args.quiet)
     plots = plot_run(out)
     primary = next(iter(trained["test"]))
@@ -241,8 +255,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"parameters = {trained['parameters']}, search {summary['search_seconds']:.0f} s, "
         f"train {trained['train_seconds']:.0f} s"
     )
+    baseline = _demo_baseline(config)
+    if baseline is not None and primary in baseline:
+        print(f"on the same data, {baseline['name']}: test {primary} = {baseline[primary]:.4f}")
     print("figures: " + ", ".join(str(p) for p in plots))
     return 0
+
+
+def _demo_baseline(config: Any) -> dict[str, Any] | None:
+    """The data set's own classical baseline (``DataBundle.baseline``), if it declares one."""
+    from manifold_nas.run import build_data
+
+    bundle = build_data(config)
+    return None if bundle.baseline is None else dict(bundle.baseline(bundle))
 
 
 class _Parser(argparse.ArgumentParser):

@@ -148,6 +148,7 @@ class SearchSettings:
         default=None, metadata=_check(_int_at_least(1, optional=True))
     )
     entropy_weight: float = field(default=0.0, metadata=_check(_number(0.0)))
+    sync_batch_norm: bool = field(default=False, metadata=_check(_is_bool))
     backend: str = field(default="local", metadata=_check(_one_of("local", "ray")))
     ray_address: str | None = None
 

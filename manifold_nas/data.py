@@ -11,7 +11,7 @@ naming the missing path otherwise.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,6 +42,10 @@ class DataBundle:
     overrides the batch size of evaluation loaders (1 for whole volumes).
     ``predictor`` applies a trained network to the user's own files
     (``manifold-nas predict``); data sets without one do not support it.
+    ``baseline`` fits the classical method a practitioner of the field uses
+    before any network (tangent space + logistic regression for SPD data) on
+    ``train`` and returns its ``test`` metrics (the task's metric names) plus
+    ``"name"``; ``manifold-nas demo`` prints it next to the searched network.
     """
 
     name: str
@@ -54,6 +58,7 @@ class DataBundle:
     collate_fn: Callable[[list[Any]], Any] | None = None
     eval_batch_size: int | None = None
     predictor: Predictor | None = None
+    baseline: Callable[[DataBundle], Mapping[str, Any]] | None = None
 
 
 DatasetBuilder = Callable[..., DataBundle]

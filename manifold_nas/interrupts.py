@@ -1,9 +1,10 @@
 """Interrupts: SIGINT and SIGTERM end a command cleanly, never in the middle of a write.
 
-* :func:`deferred_signals` blocks SIGINT and SIGTERM while an atomic write
+* :func:`deferred_signals` holds SIGINT and SIGTERM while an atomic write
   (checkpoint, JSON, weights) is in progress; a signal that arrives meanwhile
-  is delivered right after the rename, so the file on disk is always the old
-  or the new one, complete;
+  (or had arrived just before, and was still waiting for Python to act on it)
+  is raised again right after the rename, so the file on disk is always the
+  old or the new one, complete;
 * :func:`raise_on_sigterm` turns SIGTERM into :class:`Terminated`, an
   exception the command line catches like Ctrl-C (exit status 143 instead of
   130), so ``finally`` blocks and lock releases run on both.
@@ -29,15 +30,26 @@ class Terminated(KeyboardInterrupt):
 
 @contextmanager
 def deferred_signals() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM until the block ends (main thread only)."""
+    """Hold SIGINT and SIGTERM until the block ends, then raise them (main thread only).
+
+    Python runs a signal's handler between bytecodes, possibly well after the
+    signal arrived, so blocking the signal in the OS is not enough; the
+    handlers themselves are swapped for ones that only take note.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    received: list[int] = []
+    previous = {signum: signal.getsignal(signum) for signum in _SIGNALS}
+    for signum in _SIGNALS:
+        signal.signal(signum, lambda number, frame: received.append(number))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if received:
+            signal.raise_signal(received[0])
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -347,6 +347,9 @@ class MultiTrialSearch:
         one ``manifold-nas train`` builds) has more parameters; None keeps all.
     """
 
+    #: trials run through ``search.backend`` (local or Ray)
+    uses_backend = True
+
     n_trials: int
     epochs: int
     batch: int

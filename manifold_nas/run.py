@@ -44,6 +44,7 @@ from manifold_nas.config import (
 )
 from manifold_nas.contracts import check_searchable, has_cost_model
 from manifold_nas.data import DATASETS, DataBundle
+from manifold_nas.distributed import ShardedSampler, World, current_world, device_for
 from manifold_nas.errors import UserInputError
 from manifold_nas.genotype import Genotype
 from manifold_nas.networks import NETWORKS
@@ -168,15 +169,29 @@ def split_train(dataset: Dataset, portion: float, seed: int) -> tuple[Subset, Su
 
 
 def make_loader(
-    bundle: DataBundle, dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0
+    bundle: DataBundle,
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    world: World | None = None,
 ) -> DataLoader:
-    """A loader whose shuffling depends only on ``seed`` (so resumed epochs match)."""
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    """A loader whose order depends only on ``seed`` (so resumed epochs match).
+
+    A shuffled loader draws its order from :class:`ShardedSampler`, so it is
+    the same however often the loader is iterated, and under torchrun each
+    rank gets its shard of that one order. Its own seeded generator also
+    feeds the loader's worker seed, so the global random stream is never
+    touched.
+    """
+    if not shuffle:
+        return DataLoader(dataset, batch_size=batch_size, collate_fn=bundle.collate_fn)
+    world = world or World()
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
-        generator=generator,
+        sampler=ShardedSampler(len(dataset), seed, world.rank, world.size),
+        generator=torch.Generator().manual_seed(seed),
         collate_fn=bundle.collate_fn,
     )
 
@@ -245,7 +260,8 @@ class Run:
         self.config = config
         self.directory = directory
         self.quiet = quiet
-        self.device = torch.device(config.device)
+        self.world = current_world(config.device)
+        self.device = torch.device(device_for(config.device, self.world))
         apply_threads(config)
         seed_everything(config.seed)
         self.bundle = build_data(config)
@@ -287,7 +303,18 @@ class Run:
         return cast_input(x, self.device, self.dtype), cast_input(y, self.device, None)
 
     def loader(self, dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
-        return make_loader(self.bundle, dataset, batch_size, shuffle, seed)
+        """Batches of ``dataset``; under torchrun a shuffled loader yields this rank's shard."""
+        return make_loader(self.bundle, dataset, batch_size, shuffle, seed, self.world)
+
+    def data_parallel(self, module: nn.Module) -> nn.Module:
+        """``module`` wrapped in ``DistributedDataParallel`` under torchrun, else itself."""
+        if not self.world.distributed:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        # single-path and sparse relaxations leave some ops unused at a step
+        return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=True)
 
     def eval_loader(self, dataset: Dataset, batch_size: int | None = None) -> DataLoader:
         size = self.bundle.eval_batch_size or batch_size or self.config.search.batch_size
@@ -310,14 +337,19 @@ class Run:
         return supernet.to(self.device)
 
     def _cost_penalty(self, network: nn.Module):
+        """The architecture-loss penalty of ``search.arch_penalty`` (None when unset).
+
+        The network's own cost model prices it when it has one and ``kind``
+        is not a kind only measurement gives (FLOPs, latency); otherwise the
+        measured per-op table does (:func:`manifold_nas.cost_budget.measured_penalty`).
+        """
         options = dict(self.config.search.arch_penalty)
         if not options:
             return None
-        if not has_cost_model(network):
-            raise UserInputError(
-                f"search.arch_penalty is set but network {self.config.network['name']!r} "
-                "declares no costs"
-            )
+        from manifold_nas.cost_budget import MEASURED_ONLY_KINDS, measured_penalty
+
+        if not has_cost_model(network) or options.get("kind") in MEASURED_ONLY_KINDS:
+            return measured_penalty(self, network, options)
         check_options(network.cost_penalty, options, "search.arch_penalty", n_positional=1)
         return functools.partial(network.cost_penalty, **options)
 
@@ -404,6 +436,7 @@ class Run:
             start = int(resume["epoch"])
             best = dict(resume.get("best", best))
         started = time.perf_counter() - result.seconds
+        model = self.data_parallel(network)
         for epoch in range(start, epochs):
             network.train()
             loader = self.loader(train_set, t.batch_size, True, seed + epoch)
@@ -414,7 +447,7 @@ class Run:
                     break
                 x, y = self.inputs(batch)
                 optimizer.zero_grad(set_to_none=True)
-                loss = self.task.training_loss(network(x), y, t.label_smoothing)
+                loss = self.task.training_loss(model(x), y, t.label_smoothing)
                 loss.backward()
                 if t.grad_clip:
                     nn.utils.clip_grad_norm_(network.parameters(), t.grad_clip)
@@ -461,8 +494,13 @@ class Run:
     # -- run directory -------------------------------------------------------------
     def log(self, record: Mapping[str, Any]) -> None:
         """Append a record to ``metrics.jsonl`` (a no-op for a run without a directory)."""
-        if self.directory is not None:
+        if self.writes:
             self.directory.log(record)
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the run directory (rank 0 of a data-parallel run)."""
+        return self.directory is not None and self.world.is_main
 
     @property
     def search_seconds(self) -> float:
@@ -471,7 +509,7 @@ class Run:
 
     def checkpoint(self, strategy: Any) -> None:
         """Write the strategy's state and the random streams atomically."""
-        if self.directory is None:
+        if not self.writes:
             return
         self.directory.save_checkpoint(
             {
@@ -503,13 +541,13 @@ class Run:
         except (KeyError, RuntimeError, ValueError, TypeError) as err:
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise UserInputError(f"checkpoint {path} does not fit this run: {reason}") from None
-        if self.directory is not None:
+        if self.writes:
             self.directory.truncate_metrics(metrics_bytes)
         self._seconds_before = seconds
         self._started = time.perf_counter()
 
     def write_config(self) -> None:
-        if self.directory is not None:
+        if self.writes:
             self.directory.write_text(
                 "config.yaml", yaml.safe_dump(self.config.to_dict(), sort_keys=False)
             )

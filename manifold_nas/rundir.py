@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from manifold_nas.checkpoint import load_checkpoint, save_checkpoint
+from manifold_nas.distributed import World
 from manifold_nas.errors import UserInputError
 from manifold_nas.interrupts import deferred_signals
 
@@ -191,6 +192,28 @@ class RunDirectory:
                 "%s has no checkpoint yet (killed before the first one): starting over", self.path
             )
         return None
+
+    def open(self, resume: bool, world: World | None = None) -> dict[str, Any] | None:
+        """:meth:`acquire` and :meth:`prepare` on rank 0, the verdict shared with every rank.
+
+        Only rank 0 of a data-parallel run takes the lock and may clean up;
+        the others wait for its verdict, then read the same checkpoint.
+        """
+        world = world or World()
+        if world.is_main:
+            try:
+                self.acquire()
+                state = self.prepare(resume)
+            except Exception as err:
+                self.release(failed=True)
+                world.broadcast(("error", str(err).splitlines()[0] if str(err) else repr(err)))
+                raise
+            world.broadcast(("ok", state is not None))
+            return state
+        verdict, detail = world.broadcast(None)
+        if verdict == "error":
+            raise UserInputError(detail)
+        return load_checkpoint(self.checkpoint_path) if detail else None
 
     # -- writing ---------------------------------------------------------------
     def log(self, record: Mapping[str, Any]) -> None:

@@ -13,6 +13,7 @@ strategy writes the same layout: ``config.yaml``, ``metrics.jsonl``,
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Any
 from manifold_nas.config import Config, call_with_options, split_name
 from manifold_nas.config_check import check_config
 from manifold_nas.contracts import has_cost_model
+from manifold_nas.distributed import check_batch_norm_sync, current_world
 from manifold_nas.errors import UserInputError
 from manifold_nas.genotype import Genotype
 from manifold_nas.run import Run, count_parameters
@@ -59,10 +61,21 @@ def search(
     started = time.perf_counter()
     check_config(config)
     strategy = build_strategy(config)
+    world = current_world(config.device)
+    if world.distributed and not strategy.supports_distributed:
+        raise UserInputError(
+            f"strategy {strategy.name!r} does not run data-parallel under torchrun; "
+            "start it as one process (multi-trial strategies parallelise with search.backend: ray)"
+        )
+    check_batch_norm_sync(config.search.sync_batch_norm and world.distributed, config.device)
+    if config.search.backend != "local" and not getattr(strategy, "uses_backend", False):
+        raise UserInputError(
+            f"search.backend {config.search.backend!r} runs the trials of multi-trial strategies; "
+            f"strategy {strategy.name!r} has none (use backend: local, or torchrun for bilevel)"
+        )
     directory = RunDirectory(out_dir)
-    directory.acquire()
+    state = directory.open(resume, world)
     try:
-        state = directory.prepare(resume)
         if state is not None and state.get("config") != config.to_dict():
             raise UserInputError(
                 f"{directory.checkpoint_path} was written by a different config; "
@@ -72,12 +85,17 @@ def search(
         strategy.setup(run)
         if state is not None:
             run.restore(state, strategy)
-            LOGGER.warning("resuming %s %s", directory.path, state.get("progress", ""))
+            if world.is_main:
+                LOGGER.warning("resuming %s %s", directory.path, state.get("progress", ""))
         run.write_config()
         genotype = strategy.run(run)
-        genotype.save(directory.path / "genotype.json")
+        if not genotype.config:
+            # the genotype carries its config, so `manifold-nas train RUN` can rebuild it
+            genotype = dataclasses.replace(genotype, config=config.to_dict())
         summary = _summary(run, strategy, genotype, time.perf_counter() - started)
-        directory.write_json("summary.json", summary)
+        if run.writes:
+            genotype.save(directory.path / "genotype.json")
+            directory.write_json("summary.json", summary)
     except BaseException:
         directory.release(failed=True)
         raise

@@ -20,6 +20,7 @@ from typing import Any
 from manifold_nas.checkpoint import save_torch_atomically
 from manifold_nas.config import Config
 from manifold_nas.contracts import SearchableNetwork
+from manifold_nas.distributed import current_world
 from manifold_nas.errors import UserInputError
 from manifold_nas.genotype import Genotype
 from manifold_nas.run import Run, build_network, count_parameters, split_train
@@ -44,9 +45,8 @@ def train_derived(
     if out_dir is None:
         return _train(genotype, config, None, None, quiet)
     directory = RunDirectory(out_dir, TRAIN_FILES)
-    directory.acquire()
+    state = directory.open(resume, current_world(config.device))
     try:
-        state = directory.prepare(resume)
         if state is not None and (
             state.get("kind") != "train"
             or state.get("config") != config.to_dict()
@@ -85,6 +85,8 @@ def _train(
     cells = genotype.to_dict()["cells"]
 
     def checkpoint(training_state: dict[str, Any]) -> None:
+        if not run.writes:
+            return
         record = training_state["history"][-1]
         directory.log({"type": "epoch", **record})
         directory.save_checkpoint(
@@ -97,7 +99,7 @@ def _train(
             }
         )
 
-    if state is not None:
+    if state is not None and run.writes:
         directory.truncate_metrics(int(state["metrics_bytes"]))
     t = config.train
     train_set, valid_set = run.bundle.train, None
@@ -124,7 +126,7 @@ def _train(
     if result.best_epoch is not None:
         summary["best_epoch"] = result.best_epoch
         summary["valid"] = result.history[result.best_epoch]["valid"]
-    if directory is not None:
+    if run.writes:
         save_torch_atomically(network.state_dict(), directory.path / "model.pt")
         directory.write_json("train_summary.json", summary)
     return summary

@@ -131,3 +131,18 @@ def test_a_finished_retraining_is_not_overwritten_without_resume(
     assert main(["train", str(tmp_path / "run"), "--quiet"]) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert (tmp_path / "run" / "retrain" / "model.pt").read_bytes() == before
+
+
+def test_a_signal_during_an_atomic_write_is_raised_after_the_write(tmp_path):
+    from manifold_nas.interrupts import deferred_signals
+    from manifold_nas.rundir import atomic_write_text
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_signals():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler would run here without the deferral
+            atomic_write_text(tmp_path / "f.txt", "complete")
+            done.append(True)
+    assert done and (tmp_path / "f.txt").read_text() == "complete"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

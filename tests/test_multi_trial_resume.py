@@ -39,7 +39,7 @@ KILL_SCRIPT = textwrap.dedent(
 
 
 def without_seconds(records):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+    return [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in records]
 
 
 def read_records(path):

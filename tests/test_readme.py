@@ -1,5 +1,6 @@
 """The README's op-set registration example runs as written."""
 
+import json
 import re
 from pathlib import Path
 
@@ -25,6 +26,21 @@ def test_readme_opset_example_registers_and_searches(tmp_path, monkeypatch, caps
     finally:
         if "tiny" in OPSETS:
             OPSETS.unregister("tiny")
+
+
+def test_readme_strategy_example_registers_and_searches(tmp_path, monkeypatch, capsys):
+    from manifold_nas.strategies import STRATEGIES
+
+    monkeypatch.chdir(tmp_path)
+    code = python_block_after("## Writing a strategy")
+    try:
+        exec(compile(code, "README.md", "exec"), {"__name__": "readme_strategy"})
+        assert "accuracy" in capsys.readouterr().out
+        genotype = json.loads((tmp_path / "runs" / "one_draw" / "genotype.json").read_text())
+        assert genotype["config"]["strategy"] == {"name": "one_draw", "epochs": 1}
+    finally:
+        if "one_draw" in STRATEGIES:
+            STRATEGIES.unregister("one_draw")
 
 
 def test_readme_spd_ops_example_runs(capsys):

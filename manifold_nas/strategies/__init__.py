@@ -7,6 +7,13 @@
 ``random``     random search: sample genotypes, train each briefly through
                :meth:`~manifold_nas.run.Run.train`, keep the best
                (:mod:`manifold_nas.strategies.random_search`)
+``evolution``  regularized (aging) evolution over genotypes, with proxies,
+               early stopping and local or Ray trials
+               (:mod:`manifold_nas.strategies.evolution`)
+``spos``       single-path one-shot supernet training, then a search over
+               paths scored with inherited weights (:mod:`~.spos`)
+``cream``      prioritized paths: single-path training distilled from a board
+               of the best paths, the final choice from the board (:mod:`~.cream`)
 =============  ================================================================
 
 Each module of this package defines and registers one strategy; the package

@@ -40,6 +40,10 @@ class Strategy(ABC):
 
     #: the name the strategy is registered under (set by the registry decorator)
     name: ClassVar[str] = ""
+    #: whether the strategy runs data-parallel under ``torchrun`` (others refuse to)
+    supports_distributed: ClassVar[bool] = False
+    #: whether the strategy runs its trials through ``search.backend`` (local or Ray)
+    uses_backend: ClassVar[bool] = False
 
     def setup(self, run: Run) -> None:  # noqa: B027 (optional hook)
         """Build state-bearing objects before a checkpoint is loaded."""

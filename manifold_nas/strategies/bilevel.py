@@ -63,7 +63,12 @@ def genotype_of(supernet: Supernet, chosen: Mapping[str, Any], opset: str, confi
 
 @register_strategy("bilevel")
 class BilevelStrategy(Strategy):
-    """DARTS bilevel search configured by the ``search:`` section (no options of its own)."""
+    """DARTS bilevel search configured by the ``search:`` section (no options of its own).
+
+    Runs data-parallel under ``torchrun`` (see :mod:`manifold_nas.distributed`).
+    """
+
+    supports_distributed = True
 
     def __init__(self) -> None:
         self.epoch = 0
@@ -73,6 +78,9 @@ class BilevelStrategy(Strategy):
     def setup(self, run: Run) -> None:
         s = run.config.search
         self.supernet = run.build_supernet()
+        if s.sync_batch_norm and run.world.distributed:
+            self.supernet = nn.SyncBatchNorm.convert_sync_batchnorm(self.supernet)
+        self.model = run.data_parallel(self.supernet)
         w_name, w_opts = split_name(s.weight_optimizer)
         a_name, a_opts = split_name(s.arch_optimizer)
         self.weight_optimizer = build_optimizer(w_name, self.supernet.weight_parameters(), **w_opts)
@@ -86,6 +94,7 @@ class BilevelStrategy(Strategy):
             self.arch_optimizer,
             order=s.order,
             weight_optimizer=self.weight_optimizer,
+            reduce=run.world.average,
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -146,12 +155,13 @@ class BilevelStrategy(Strategy):
             leave=False,
         )
         for step, (wb, ab) in enumerate(bar):
+            step_started = time.perf_counter()
             x, y = run.inputs(wb)
             record: dict[str, Any] = {"type": "step", "epoch": self.epoch, "step": step}
             if arch_steps:
                 record.update(self.architect.step((x, y), run.inputs(ab)))
             self.weight_optimizer.zero_grad(set_to_none=True)
-            out = self.supernet(x)
+            out = self.model(x)
             loss = task.loss(out, y)
             loss.backward()
             if s.grad_clip:
@@ -159,6 +169,7 @@ class BilevelStrategy(Strategy):
             self.weight_optimizer.step()
             record["loss"] = float(loss.detach())
             record.update(task.batch_metrics(out.detach(), y))
+            record["step_seconds"] = time.perf_counter() - step_started
             run.log(record)
             for k, v in record.items():
                 if k not in ("type", "epoch", "step"):
