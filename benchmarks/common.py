@@ -44,6 +44,8 @@ def search_and_retrain(raw: Mapping[str, Any], seed: int, out: Path) -> dict[str
         "train_seconds": trained["train_seconds"],
         "genotype": genotype.to_dict()["cells"],
         "mean_entropy": summary["mean_entropy"],
+        "entropy_ratio": summary["entropy_ratio"],
+        "top2_margin": summary["top2_margin"],
         "parameter_free": summary["parameter_free"],
         "_genotype": genotype,
     }
