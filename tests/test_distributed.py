@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from support import install_plugin
 
 from manifold_nas.config import parse_config
 from manifold_nas.search import search
@@ -69,16 +70,15 @@ PLUGIN = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def plugin(tmp_path_factory):
-    site = tmp_path_factory.mktemp("site")
-    (site / "nobn_plugin.py").write_text(PLUGIN)
-    dist = site / "nobn_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: nobn-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(
-        "[manifold_nas.opsets]\nnobn = nobn_plugin:OPSET\n"
-        "[manifold_nas.networks]\nnobn_net = nobn_plugin:build\n"
+    return install_plugin(
+        tmp_path_factory.mktemp("site"),
+        "nobn_plugin",
+        PLUGIN,
+        {
+            "manifold_nas.opsets": {"nobn": "nobn_plugin:OPSET"},
+            "manifold_nas.networks": {"nobn_net": "nobn_plugin:build"},
+        },
     )
-    return site
 
 
 def config(batch_size: int, epochs: int = 2, steps: int = 4) -> dict:

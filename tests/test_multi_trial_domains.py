@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support import TINY_SPD
 
 from manifold_nas.cli import main
 from manifold_nas.config import load_config, parse_config
@@ -13,19 +14,6 @@ from manifold_nas.search import search
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY_SPD = {
-    "seed": 1,
-    "threads": 1,
-    "data": {"name": "basic_motions"},
-    "network": {"name": "spdnetnas", "opset": "spd", "cells": 2, "nodes": 2, "channels": 1},
-    "relaxation": {"name": "sparsemax"},
-    "train": {
-        "epochs": 1,
-        "batch_size": 10,
-        "max_steps_per_epoch": 2,
-        "optimizer": {"name": "riemannian_adam", "lr": 0.01},
-    },
-}
 
 TINY_VOLUMETRIC = {
     "seed": 0,

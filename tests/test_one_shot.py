@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 import torch
 import torch.nn.functional as F
+from support import TINY_SPD
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from manifold_nas.cell import ChosenEdge, MixedEdge, SearchCell, cell_arch_spec
@@ -49,22 +50,6 @@ TINY_VOLUMETRIC = {
     "network": {"name": "vnas", "opset": "volumetric", "channels": [4, 8], "strides": [[2, 2, 1]]},
     "search": {"epochs": 2, "batch_size": 2, "max_steps_per_epoch": 2},
     "train": {"epochs": 1, "batch_size": 2},
-}
-
-
-TINY_SPD = {
-    "seed": 1,
-    "threads": 1,
-    "data": {"name": "basic_motions"},
-    "network": {"name": "spdnetnas", "opset": "spd", "cells": 2, "nodes": 2, "channels": 1},
-    "relaxation": {"name": "sparsemax"},
-    "search": {
-        "epochs": 2,
-        "batch_size": 10,
-        "max_steps_per_epoch": 2,
-        "weight_optimizer": {"name": "riemannian_adam", "lr": 0.01},
-    },
-    "train": {"epochs": 1},
 }
 
 

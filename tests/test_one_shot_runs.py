@@ -2,18 +2,13 @@
 
 import copy
 import json
-import os
-import signal
 import statistics
-import subprocess
-import sys
-import textwrap
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from support import TINY_SPD, read_records, search_killed_when, without_seconds
 
 from manifold_nas.cli import main
 from manifold_nas.config import load_config, parse_config
@@ -25,19 +20,6 @@ from manifold_nas.search import build_strategy, search
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY_SPD = {
-    "seed": 1,
-    "threads": 1,
-    "data": {"name": "basic_motions"},
-    "network": {"name": "spdnetnas", "opset": "spd", "cells": 2, "nodes": 2, "channels": 1},
-    "search": {
-        "epochs": 2,
-        "batch_size": 10,
-        "max_steps_per_epoch": 2,
-        "weight_optimizer": {"name": "riemannian_adam", "lr": 0.01},
-    },
-    "train": {"epochs": 1},
-}
 TINY_VOLUMETRIC = {
     "seed": 0,
     "data": {
@@ -62,10 +44,6 @@ SMALL = {
         "strategy.recalibration_batches=1",
     ],
 }
-
-
-def records(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
 @pytest.mark.parametrize("strategy", ["spos", "cream"])
@@ -138,7 +116,7 @@ def test_the_cream_genotype_is_the_best_rescored_board_path_and_respects_the_bud
     board = result.strategy.board
     assert board and all(e.cost <= budget for e in board)
     assert cost(result.genotype) <= budget
-    rescored = [r for r in records(tmp_path / "metrics.jsonl") if r["type"] == "board_path"]
+    rescored = [r for r in read_records(tmp_path) if r["type"] == "board_path"]
     assert [r["genotype"] for r in rescored] == [e.path.to_dict()["cells"] for e in board]
     best = max(rescored, key=lambda r: r["valid"]["accuracy"])
     assert result.genotype.to_dict()["cells"] == best["genotype"]
@@ -155,7 +133,7 @@ def test_the_spos_genotype_respects_the_budget(tiny_config_dict, tmp_path):
     }
     result = search(parse_config(tiny_config_dict), tmp_path, quiet=True)
     assert cost(result.genotype) <= budget
-    scored = [r for r in records(tmp_path / "metrics.jsonl") if r["type"] == "path"]
+    scored = [r for r in read_records(tmp_path) if r["type"] == "path"]
     assert len(scored) == 4 and all(r["cost"] <= budget for r in scored)
 
 
@@ -163,16 +141,6 @@ def test_a_cream_warm_up_as_long_as_the_search_is_refused(tiny_config_dict, tmp_
     tiny_config_dict["strategy"] = {"name": "cream", "warmup_epochs": 2}
     with pytest.raises(UserInputError, match="warmup_epochs"):
         search(parse_config(tiny_config_dict), tmp_path, quiet=True)
-
-
-KILL_SCRIPT = textwrap.dedent(
-    """
-    import sys, yaml
-    from manifold_nas.config import parse_config
-    from manifold_nas.search import search
-    search(parse_config(yaml.safe_load(open(sys.argv[1]))), sys.argv[2], resume=True, quiet=True)
-    """
-)
 
 
 def test_cream_resumes_after_sigkill_with_the_same_board_and_genotype(tiny_config_dict, tmp_path):
@@ -186,24 +154,8 @@ def test_cream_resumes_after_sigkill_with_the_same_board_and_genotype(tiny_confi
     }
     reference = search(parse_config(tiny_config_dict), tmp_path / "reference", quiet=True)
 
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump(tiny_config_dict))
-    script = tmp_path / "search.py"
-    script.write_text(KILL_SCRIPT)
-    out = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(cfg), str(out)],
-        cwd=REPO,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-    )
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if (out / "checkpoint.pt").exists():
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.01)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the search finished before it could be killed"
+    checkpointed = lambda out: (out / "checkpoint.pt").exists  # noqa: E731
+    out = search_killed_when(tiny_config_dict, tmp_path, checkpointed)
     assert not (out / "genotype.json").exists()
 
     resumed = search(parse_config(tiny_config_dict), out, resume=True, quiet=True)
@@ -215,8 +167,6 @@ def test_cream_resumes_after_sigkill_with_the_same_board_and_genotype(tiny_confi
     assert all(torch.equal(a.outputs, b.outputs) for a, b in zip(got, expected))
     assert resumed.genotype.cells == reference.genotype.cells
 
-    def strip(record):
-        return {k: v for k, v in record.items() if not k.endswith("seconds")}
-
-    logged = [strip(r) for r in records(out / "metrics.jsonl")]
-    assert logged == [strip(r) for r in records(tmp_path / "reference" / "metrics.jsonl")]
+    assert without_seconds(read_records(out)) == without_seconds(
+        read_records(tmp_path / "reference")
+    )

@@ -1,17 +1,18 @@
 """The bilevel strategy: reproducible, resumable, pinned to its pre-strategy-layer results."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from support import (
+    TINY_SPD,
+    install_plugin,
+    logged,
+    read_records,
+    search_killed_when,
+    without_seconds,
+)
 
 from manifold_nas.cell import ChosenEdge
 from manifold_nas.config import parse_config
@@ -23,24 +24,7 @@ from manifold_nas.search import search
 from manifold_nas.strategies.bilevel import BilevelStrategy
 from manifold_nas.training import train_derived
 
-REPO = Path(__file__).resolve().parents[1]
 REFERENCE = Path(__file__).resolve().parent / "data" / "bilevel_reference.json"
-
-TINY_SPD = {
-    "seed": 1,
-    "threads": 1,
-    "data": {"name": "basic_motions"},
-    "network": {"name": "spdnetnas", "opset": "spd", "cells": 2, "nodes": 2, "channels": 1},
-    "relaxation": {"name": "sparsemax"},
-    "search": {
-        "epochs": 3,
-        "batch_size": 10,
-        "max_steps_per_epoch": 4,
-        "weight_optimizer": {"name": "riemannian_adam", "lr": 0.01},
-        "arch_optimizer": {"name": "riemannian_adam", "lr": 0.01},
-    },
-    "train": {"epochs": 1},
-}
 
 
 def bilevel(config_dict):
@@ -186,40 +170,6 @@ def test_perturbation_selection_projects_every_edge(tiny_config_dict, tmp_path):
         assert all(e.op != "none" for e in edges)
 
 
-KILL_SCRIPT = textwrap.dedent(
-    """
-    import sys, yaml
-    from manifold_nas.config import parse_config
-    from manifold_nas.search import search
-    cfg = parse_config(yaml.safe_load(open(sys.argv[1])))
-    search(cfg, sys.argv[2], resume=True, quiet=True)
-    """
-)
-
-
-def kill_during(config_dict, tmp_path, marker):
-    """Start a search in a subprocess, SIGKILL it once ``marker`` is in metrics.jsonl."""
-    cfg_path = tmp_path / "cfg.yaml"
-    cfg_path.write_text(yaml.safe_dump(config_dict))
-    out = tmp_path / "killed"
-    script = tmp_path / "search.py"
-    script.write_text(KILL_SCRIPT)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(cfg_path), str(out)], cwd=REPO, env=env
-    )
-    metrics = out / "metrics.jsonl"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and marker in metrics.read_text():
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.02)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the search finished before it could be killed"
-    return out
-
-
 def all_tensors(strategy):
     tensors = dict(strategy.supernet.state_dict())
     for name in ("weight_optimizer", "arch_optimizer"):
@@ -250,30 +200,27 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run_bit_for_bit(
     else:
         config_dict = TINY_SPD
     reference = search(parse_config(config_dict), tmp_path / "reference", quiet=True)
-    out = kill_during(config_dict, tmp_path, '"epoch": 1, "step": 1')
+    out = search_killed_when(
+        config_dict, tmp_path, lambda out: logged(out, '"epoch": 1, "step": 1')
+    )
     assert (out / "checkpoint.pt").exists() and not (out / "genotype.json").exists()
 
     resumed = search(parse_config(config_dict), out, resume=True, quiet=True)
     assert resumed.strategy.epoch == config_dict["search"]["epochs"]
     assert resumed.genotype.cells == reference.genotype.cells
     assert_bit_identical(reference.strategy, resumed.strategy)
-    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    ref_lines = [
-        json.loads(x) for x in (tmp_path / "reference" / "metrics.jsonl").read_text().splitlines()
-    ]
+    lines = read_records(out)
     assert [r["epoch"] for r in lines if r["type"] == "epoch"] == [0, 1, 2]
-    strip = lambda r: {k: v for k, v in r.items() if not k.endswith("seconds")}  # noqa: E731
-    assert [strip(r) for r in lines] == [strip(r) for r in ref_lines]
+    assert without_seconds(lines) == without_seconds(read_records(tmp_path / "reference"))
 
 
 def test_opset_from_an_installed_entry_point_is_found_and_searched(
     tiny_config_dict, tmp_path, monkeypatch
 ):
-    package = tmp_path / "site"
-    package.mkdir()
-    (package / "my_tiny_ops.py").write_text(
-        textwrap.dedent(
-            """
+    package = install_plugin(
+        tmp_path / "site",
+        "my_tiny_ops",
+        """
         from torch import nn
         from manifold_nas.opset import OpSet
         from domains.vision.ops import Zero, FactorizedReduce
@@ -285,14 +232,8 @@ def test_opset_from_an_installed_entry_point_is_found_and_searched(
             return nn.Identity() if spec.stride == 1 else FactorizedReduce(spec.c_in, spec.c_out)
 
         OPSET = OpSet("tiny_plugin", {"none": lambda s: Zero(s.c_in, s.c_out, s.stride), "conv": conv, "skip": skip}, zero="none")
-        """
-        )
-    )
-    dist = package / "my_tiny_ops-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-tiny-ops\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(
-        "[manifold_nas.opsets]\ntiny_plugin = my_tiny_ops:OPSET\n"
+        """,
+        {"manifold_nas.opsets": {"tiny_plugin": "my_tiny_ops:OPSET"}},
     )
     monkeypatch.syspath_prepend(str(package))
     OPSETS.reload_entry_points()

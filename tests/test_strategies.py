@@ -1,16 +1,11 @@
 """The strategy layer: registered strategies, one run context, one run-directory layout."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 from pathlib import Path
 
 import pytest
 import yaml
+from support import install_plugin, logged, read_records, search_killed_when, without_seconds
 
 from manifold_nas.cli import main
 from manifold_nas.config import parse_config
@@ -27,11 +22,18 @@ TINY_OPTIONS = {
     "evolution": {"trials": 3, "population": 2, "sample": 1, "epochs": 1},
     "spos": {"final_paths": 2, "recalibration_batches": 1},
     "cream": {"warmup_epochs": 0, "board_size": 2, "meta_interval": 1, "recalibration_batches": 1},
+    "fox": {"samples": 4, "steps": 20, "restarts": 1, "top_k": 2, "latency_repeats": 2},
+    "dna": {
+        "teacher": {
+            "network": "simple_cnn",
+            "options": {"channels": 4, "depth": 1},
+            "epochs": 1,
+            "stages": ["<input>", "features.2", "features.5"],
+        },
+        "max_candidates_per_block": 2,
+        "ranking_batches": 1,
+    },
 }
-
-
-def read_records(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
 def test_list_strategies_shows_bilevel_and_random(capsys):
@@ -69,7 +71,7 @@ def test_random_search_from_the_command_line(tiny_config_dict, tmp_path, capsys)
         + ["--out", str(out), "--quiet"]
     )
     assert code == 0, capsys.readouterr().err
-    trials = [r for r in read_records(out / "metrics.jsonl") if r["type"] == "trial"]
+    trials = [r for r in read_records(out) if r["type"] == "trial"]
     assert [t["trial"] for t in trials] == [0, 1, 2]
     best = max(trials, key=lambda t: (t["valid"]["accuracy"], -t["trial"]))
     assert Genotype.load(out / "genotype.json").to_dict()["cells"] == best["genotype"]
@@ -108,58 +110,27 @@ def test_unknown_strategy_lists_the_registered_ones(tiny_config_dict, tmp_path, 
     assert code == 2 and "unknown strategy 'annealing'" in err and "bilevel" in err
 
 
-KILL_SCRIPT = textwrap.dedent(
-    """
-    import sys, yaml
-    from manifold_nas.config import parse_config
-    from manifold_nas.search import search
-    search(parse_config(yaml.safe_load(open(sys.argv[1]))), sys.argv[2], resume=True, quiet=True)
-    """
-)
-
-
 def test_random_search_resumes_after_sigkill_to_the_same_trials(tiny_config_dict, tmp_path):
     tiny_config_dict["strategy"] = {"name": "random", "trials": 4, "epochs": 1}
     reference = search(parse_config(tiny_config_dict), tmp_path / "reference", quiet=True)
 
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump(tiny_config_dict))
-    script = tmp_path / "search.py"
-    script.write_text(KILL_SCRIPT)
-    out = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(cfg), str(out)],
-        cwd=REPO,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-    )
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        metrics = out / "metrics.jsonl"
-        if metrics.exists() and '"trial": 1' in metrics.read_text():
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.02)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the search finished before it could be killed"
+    out = search_killed_when(tiny_config_dict, tmp_path, lambda out: logged(out, '"trial": 1'))
 
     resumed = search(parse_config(tiny_config_dict), out, resume=True, quiet=True)
-    strip = lambda t: {k: v for k, v in t.items() if not k.endswith("seconds")}  # noqa: E731
-    assert [strip(t) for t in resumed.strategy.trials] == [
-        strip(t) for t in reference.strategy.trials
-    ]
+    assert without_seconds(resumed.strategy.trials) == without_seconds(reference.strategy.trials)
     assert resumed.genotype.cells == reference.genotype.cells
-    logged = [strip(r) for r in read_records(out / "metrics.jsonl")]
-    assert logged == [strip(r) for r in read_records(tmp_path / "reference" / "metrics.jsonl")]
+    assert without_seconds(read_records(out)) == without_seconds(
+        read_records(tmp_path / "reference")
+    )
 
 
 def test_a_strategy_from_an_installed_entry_point_is_found_and_runs(
     tiny_config_dict, tmp_path, monkeypatch
 ):
-    package = tmp_path / "site"
-    package.mkdir()
-    (package / "my_strategy.py").write_text(
-        textwrap.dedent(
-            """
+    package = install_plugin(
+        tmp_path / "site",
+        "my_strategy",
+        """
             import random
             from manifold_nas.sampling import random_genotype
             from manifold_nas.strategies import Strategy
@@ -177,14 +148,8 @@ def test_a_strategy_from_an_installed_entry_point_is_found_and_runs(
 
                 def summary(self, run):
                     return {"final": {"accuracy": 0.0}}
-            """
-        )
-    )
-    dist = package / "my_strategy-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-strategy\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(
-        "[manifold_nas.strategies]\nfirst_draw = my_strategy:FirstDraw\n"
+            """,
+        {"manifold_nas.strategies": {"first_draw": "my_strategy:FirstDraw"}},
     )
     monkeypatch.syspath_prepend(str(package))
     STRATEGIES.reload_entry_points()
