@@ -23,7 +23,7 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -352,6 +352,18 @@ class Run:
             return measured_penalty(self, network, options)
         check_options(network.cost_penalty, options, "search.arch_penalty", n_positional=1)
         return functools.partial(network.cost_penalty, **options)
+
+    def search_optimizer(
+        self, parameters: Iterable[Tensor]
+    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        """The ``search.weight_optimizer`` over ``parameters`` with its cosine schedule over the epochs."""
+        s = self.config.search
+        name, options = split_name(s.weight_optimizer)
+        optimizer = build_optimizer(name, parameters, **options)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(1, s.epochs), eta_min=s.lr_min
+        )
+        return optimizer, scheduler
 
     def build_derived(self, genotype: Genotype, extra: Mapping | None = None) -> nn.Module:
         """The network holding only ``genotype``'s ops (``extra`` overrides network options)."""

@@ -21,7 +21,6 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -81,13 +80,11 @@ class BilevelStrategy(Strategy):
         if s.sync_batch_norm and run.world.distributed:
             self.supernet = nn.SyncBatchNorm.convert_sync_batchnorm(self.supernet)
         self.model = run.data_parallel(self.supernet)
-        w_name, w_opts = split_name(s.weight_optimizer)
-        a_name, a_opts = split_name(s.arch_optimizer)
-        self.weight_optimizer = build_optimizer(w_name, self.supernet.weight_parameters(), **w_opts)
-        self.arch_optimizer = build_optimizer(a_name, self.supernet.arch_parameters(), **a_opts)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.weight_optimizer, T_max=max(1, s.epochs), eta_min=s.lr_min
+        self.weight_optimizer, self.scheduler = run.search_optimizer(
+            self.supernet.weight_parameters()
         )
+        a_name, a_opts = split_name(s.arch_optimizer)
+        self.arch_optimizer = build_optimizer(a_name, self.supernet.arch_parameters(), **a_opts)
         self.architect = Architect(
             self.supernet,
             run.task.loss,

@@ -33,7 +33,6 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from manifold_nas.config import split_name
 from manifold_nas.diagnostics import edge_entropies, parameter_free_count
 from manifold_nas.genotype import Genotype
 from manifold_nas.one_shot import (
@@ -51,7 +50,6 @@ from manifold_nas.one_shot import (
     search_paths,
     stream_seed,
 )
-from manifold_nas.optim import build_optimizer
 from manifold_nas.optim.state import load_optimizer_state
 from manifold_nas.run import Run, count_parameters
 from manifold_nas.strategies import register_strategy
@@ -125,14 +123,11 @@ class SinglePathOneShot(Strategy):
 
     # -- construction ---------------------------------------------------------------
     def setup(self, run: Run) -> None:
-        s = run.config.search
         self.supernet = run.build_supernet()
         self.specs = self.supernet.specs
         check_prior(self.specs, run.opset.zero, self.prior)
-        w_name, w_opts = split_name(s.weight_optimizer)
-        self.weight_optimizer = build_optimizer(w_name, self.supernet.weight_parameters(), **w_opts)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.weight_optimizer, T_max=max(1, s.epochs), eta_min=s.lr_min
+        self.weight_optimizer, self.scheduler = run.search_optimizer(
+            self.supernet.weight_parameters()
         )
         self.sampler = self.new_sampler(run, "paths")
         self.cost = PathCost(run, self.supernet.network, self.cost_kind)
