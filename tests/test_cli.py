@@ -215,3 +215,15 @@ def test_usage_mistakes_are_one_line_too(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "config" in err
+
+
+def test_the_demo_config_ships_inside_the_package():
+    from importlib.resources import files
+
+    from manifold_nas.cli import DEMO_CONFIG
+
+    shipped = files("manifold_nas") / "configs" / "japanese_vowels.yaml"
+    assert shipped.is_file() and Path(str(shipped)) == DEMO_CONFIG
+    assert (REPO / "configs" / "spd" / "japanese_vowels.yaml").read_text() == DEMO_CONFIG.read_text()
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert 'manifold_nas = ["configs/*.yaml"]' in pyproject
