@@ -17,6 +17,7 @@ cached per state key, so a revisited state costs nothing and is counted once.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -26,6 +27,7 @@ import numpy as np
 from manifold_nas.cell import ArchSpec, ChosenEdge
 from manifold_nas.genotype import Genotype
 from manifold_nas.predictors import genotype_encoding
+from manifold_nas.sampling import random_genotype as sample_genotype
 
 __all__ = [
     "AnnealResult",
@@ -258,28 +260,22 @@ def random_genotype(
     zero: str | None = None,
     rng: Rng | int | None = None,
 ) -> Genotype:
-    """A uniformly random genotype of the space ``specs``.
+    """A uniformly random genotype of the space ``specs``, drawn with a numpy generator.
 
-    Per cell type and target node, ``keep`` incoming edges are drawn without
-    replacement (all of them when ``keep`` is 0), each with an op drawn
-    uniformly from ``spec.ops`` without the ``zero`` op. Edges are listed by
-    (target, source).
+    The draw itself is :func:`manifold_nas.sampling.random_genotype` (``keep``
+    incoming edges per node without replacement, all when ``keep`` is 0, each
+    with an op drawn uniformly from ``spec.ops`` without the ``zero`` op;
+    edges listed by (target, source)), on a :class:`random.Random` seeded
+    by one integer drawn from ``rng``, so both samplers share one definition.
+    The genotype carries no ``ops`` (as :func:`~manifold_nas.predictors.decode_genotype`
+    returns it), so drawn and decoded genotypes compare equal.
     """
-    rng = _as_rng(rng)
-    cells = {}
+    stream = random.Random(int(_as_rng(rng).integers(2**63)))
     for name, spec in specs.items():
-        ops = [op for op in spec.ops if op != zero]
-        if not ops:
+        if not [op for op in spec.ops if op != zero]:
             raise ValueError(f"{name} cell has no op besides the zero op")
-        edges = []
-        for target in spec.targets:
-            sources = [s for s, t in spec.edges if t == target]
-            if 0 < spec.keep < len(sources):
-                picked = rng.choice(len(sources), size=spec.keep, replace=False)
-                sources = sorted(sources[i] for i in picked)
-            edges += [ChosenEdge(ops[rng.integers(len(ops))], s, target) for s in sources]
-        cells[name] = tuple(edges)
-    return Genotype(opset, cells)
+    drawn = sample_genotype(specs, opset, zero, stream)
+    return Genotype(drawn.opset, drawn.cells)
 
 
 def genotype_neighbours(

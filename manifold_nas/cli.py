@@ -208,6 +208,66 @@ def _uniform_weights(specs, dtype):
             for k, s in specs.items()}  # fmt: skip
 
 
+def cmd_cost(args: argparse.Namespace) -> int:
+    """Print the measured per-op cost table of a config's or run's search space.
+
+    The LUT is cached as ``cost_lut.json`` in ``--out`` or the run directory
+    (not cached for a config without ``--out``); a run with a genotype also
+    gets its derived network measured end to end.
+    """
+    from manifold_nas.cost import (
+        CostLUT,
+        build_cost_table,
+        derived_cost,
+        format_cost_table,
+        genotype_choices,
+        measure_network,
+    )
+    from manifold_nas.cost_budget import example_input, network_cost_values
+    from manifold_nas.run import Run
+
+    if args.repeats < 1 or args.warmup < 0:
+        raise UserInputError("--repeats must be >= 1 and --warmup >= 0")
+    genotype, config, run_dir = _load_genotype_and_config(args.target, args.overrides)
+    out = Path(args.out) if args.out else run_dir
+    run = Run(config, quiet=True)
+    network = run.build_searchable().to(run.device)
+    x = example_input(run)
+    latency = not args.no_latency
+    lut = CostLUT(out)
+    table = build_cost_table(
+        network, x, lut=lut, latency=latency, warmup=args.warmup, repeats=args.repeats
+    )
+    print(format_cost_table(table))
+    cached = lut.path if lut.path is not None else "not cached (pass --out DIR)"
+    print(f"look-up table: {cached} ({lut.hits} entries reused, {lut.misses} measured)")
+    if genotype.cells:
+        derived = run.build_derived(genotype)
+        found = measure_network(
+            derived, x, latency=latency, warmup=args.warmup, repeats=args.repeats
+        )
+        measured = network_cost_values(found)
+        choices = genotype_choices(genotype, table)
+        print("\nderived network (the run's genotype), one sample:")
+        print("| cost | measured end to end | LUT sum of its ops | + fixed part |")
+        print("|---|---|---|---|")
+        for kind in table.kinds:
+            value = measured[kind]
+            shown = f"{value:.4f}" if kind == "latency_ms" else f"{value:,.0f}"
+            ops = derived_cost(choices, table, kind)
+            fixed = table.fixed.get(kind)
+            total = "n/a (not additive)" if fixed is None else f"{ops + fixed:,.4g}"
+            print(f"| {kind} | {shown} | {ops:,.4g} | {total} |")
+        if found.latency is not None:
+            stats = found.latency
+            print(
+                f"latency: median {stats.median_ms:.4f} ms, IQR {stats.iqr_ms:.4f} ms over "
+                f"{stats.repeats} runs after {stats.warmup} warm-up, {stats.device}, "
+                f"{stats.threads} thread(s)"
+            )
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from manifold_nas.evaluation import evaluate_run
 
@@ -306,6 +366,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser(
+        "cost", help="measure the per-op cost table (params, FLOPs, memory, latency) of a space"
+    )
+    p.add_argument("target", metavar="RUN_OR_CONFIG")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--out", help="folder of cost_lut.json (default: the run directory)")
+    p.add_argument("--repeats", type=int, default=20, help="timed forwards per latency")
+    p.add_argument("--warmup", type=int, default=3, help="untimed forwards before timing")
+    p.add_argument("--no-latency", action="store_true", help="skip timing")
+    p.set_defaults(func=cmd_cost)
 
     p = sub.add_parser("evaluate", help="test a run's retrained network (or its supernet)")
     p.add_argument("run_dir")

@@ -65,6 +65,7 @@ from manifold_nas.early_stopping import (
 )
 from manifold_nas.errors import UserInputError
 from manifold_nas.genotype import Genotype, parse_cells
+from manifold_nas.performance_models import PredictorFilter
 from manifold_nas.proxy import build_trial_network, check_proxy, proxy_subset, trial_epochs
 from manifold_nas.run import Run, build_network, count_parameters, seed_everything
 
@@ -345,6 +346,11 @@ class MultiTrialSearch:
     max_parameters:
         Reject, before training, a candidate whose full-setting network (the
         one ``manifold-nas train`` builds) has more parameters; None keeps all.
+    predictor_filter:
+        Reject, before training, a candidate predicted far below the best
+        trial so far, or over a look-up-table cost budget
+        (:class:`~manifold_nas.performance_models.PredictorFilter`); None keeps all.
+        A strategy offers it by passing its own ``predictor_filter`` option on.
     """
 
     #: trials run through ``search.backend`` (local or Ray)
@@ -363,6 +369,7 @@ class MultiTrialSearch:
         batch: int,
         early_stopping: str | Mapping[str, Any] | None,
         max_parameters: int | None,
+        predictor_filter: Mapping[str, Any] | None = None,
     ) -> None:
         self.n_trials = positive_int("trials", trials)
         self.epochs = positive_int("epochs", epochs)
@@ -371,6 +378,7 @@ class MultiTrialSearch:
         self.max_parameters = (
             None if max_parameters is None else positive_int("max_parameters", max_parameters)
         )
+        self.predictor_filter = PredictorFilter.parse(predictor_filter)
         self.trials: list[dict[str, Any]] = []
         self._batch: list[dict[str, Any]] = []
         self._batch_stopping_state: dict[str, Any] | None = None
@@ -396,6 +404,8 @@ class MultiTrialSearch:
         self.stopper = self.early_stopping.build(self.horizon)
         self.filter = None if self.max_parameters is None else ParameterFilter(self.max_parameters)
         self.primary = run.task.primary_metric
+        if self.predictor_filter is not None:
+            self.predictor_filter.setup(run, self.specs)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -414,6 +424,9 @@ class MultiTrialSearch:
         self.sampler.setstate((version, tuple(internal), gauss))
         if self.stopper is not None:
             self.stopper.load_state_dict(state["stopper"])
+        if self.predictor_filter is not None:
+            # a function of the trials of finished batches, so refitted rather than stored
+            self.predictor_filter.update(self.trials)
 
     def progress(self) -> str:
         return f"after trial {len(self.trials)} ({self._trained()} of {self.n_trials} trained)"
@@ -459,6 +472,11 @@ class MultiTrialSearch:
             "epochs_saved_fraction": saved / epochs_full if epochs_full else 0.0,
             "early_stopping": self.early_stopping.to_dict(),
             "max_parameters": self.max_parameters,
+            **(
+                {"predictor_filter": self.predictor_filter.to_dict()}
+                if self.predictor_filter is not None
+                else {}
+            ),
             "backend": self.backend_name,
             "batch": self.batch,
         }
@@ -485,6 +503,7 @@ class MultiTrialSearch:
         for _ in range(size):
             slot = self._trained()
             smallest = None
+            last_reason = None
             for _draw in range(MAX_REJECTED_DRAWS):
                 genotype, origin = self.propose(run, slot)
                 parameters = self._full_parameters(run, genotype)
@@ -499,13 +518,24 @@ class MultiTrialSearch:
                 }
                 self._batch.append(entry)
                 decision = None if self.filter is None else self.filter.check(parameters)
+                by_parameters = decision is not None and decision.stop
+                if not by_parameters and self.predictor_filter is not None:
+                    decision = self.predictor_filter.check(genotype)
                 if decision is None or not decision.stop:
                     break
                 entry["status"] = "rejected"
                 entry["record"] = self._record(entry, None, decision.reason)
                 self._flush(run)
+                if not by_parameters:
+                    last_reason = decision.reason
+                    continue
                 smallest = parameters if smallest is None else min(smallest, parameters)
             else:
+                if smallest is None or last_reason is not None:
+                    raise UserInputError(
+                        f"no candidate passed the filters in {MAX_REJECTED_DRAWS} draws in a row "
+                        f"(last rejection: {last_reason}); loosen strategy.predictor_filter"
+                    )
                 raise UserInputError(
                     f"no candidate within max_parameters={self.max_parameters:,} in "
                     f"{MAX_REJECTED_DRAWS} draws in a row (smallest: {smallest:,} parameters)"
@@ -541,6 +571,8 @@ class MultiTrialSearch:
                         self.stopper, record["trial"], record["curve"], record["features"]
                     )
         self.absorb(records)
+        if self.predictor_filter is not None:
+            self.predictor_filter.update(self.trials)
         self._batch = []
         self._batch_stopping_state = None
         self._write_table(run, plot=False)

@@ -14,6 +14,10 @@
                paths scored with inherited weights (:mod:`~.spos`)
 ``cream``      prioritized paths: single-path training distilled from a board
                of the best paths, the final choice from the board (:mod:`~.cream`)
+``dna``        block-wise distillation from a teacher, every block's candidates
+               ranked, an exact budgeted combiner (:mod:`~.dna`)
+``fox``        explainable linear predictors of accuracy and measured cost,
+               simulated annealing under a hardware budget (:mod:`~.fox`)
 =============  ================================================================
 
 Each module of this package defines and registers one strategy; the package

@@ -129,6 +129,10 @@ class RegularizedEvolution(MultiTrialSearch, Strategy):
     max_parameters:
         Reject candidates (random or children) whose full-setting network is
         larger, and draw again; None keeps all.
+    predictor_filter:
+        FOX-NAS's explainable predictors as a filter before training
+        (:class:`~manifold_nas.performance_models.PredictorFilter`); None
+        trains every candidate.
     """
 
     def __init__(
@@ -140,8 +144,11 @@ class RegularizedEvolution(MultiTrialSearch, Strategy):
         batch: int = 4,
         early_stopping: str | Mapping[str, Any] | None = "none",
         max_parameters: int | None = None,
+        predictor_filter: Mapping[str, Any] | None = None,
     ) -> None:
-        self._init_multi_trial(trials, epochs, batch, early_stopping, max_parameters)
+        self._init_multi_trial(
+            trials, epochs, batch, early_stopping, max_parameters, predictor_filter
+        )
         self.population_size = positive_int("population", population)
         self.sample = positive_int("sample", sample)
         if self.sample > self.population_size:

@@ -50,6 +50,10 @@ class RandomSearch(MultiTrialSearch, Strategy):
         and the rule's options.
     max_parameters:
         Reject candidates whose full-setting network is larger; None keeps all.
+    predictor_filter:
+        FOX-NAS's explainable predictors as a filter before training
+        (:class:`~manifold_nas.performance_models.PredictorFilter`: ``margin``,
+        ``min_trials``, ``budget``, ``kind``); None trains every candidate.
     """
 
     def __init__(
@@ -59,8 +63,11 @@ class RandomSearch(MultiTrialSearch, Strategy):
         batch: int = 4,
         early_stopping: str | Mapping[str, Any] | None = "none",
         max_parameters: int | None = None,
+        predictor_filter: Mapping[str, Any] | None = None,
     ) -> None:
-        self._init_multi_trial(trials, epochs, batch, early_stopping, max_parameters)
+        self._init_multi_trial(
+            trials, epochs, batch, early_stopping, max_parameters, predictor_filter
+        )
 
     def propose(self, run: Run, slot: int) -> tuple[Genotype, str]:
         genotype = random_genotype(self.specs, run.opset.name, run.opset.zero, self.sampler)
