@@ -105,9 +105,7 @@ VOLUME = torch.randn(1, 1, 8, 8, 4, generator=torch.Generator().manual_seed(2))
 
 @pytest.fixture(scope="module")
 def volumetric_table() -> cost.CostTable:
-    return cost.build_cost_table(
-        volumetric_network(), VOLUME, latency=False
-    )
+    return cost.build_cost_table(volumetric_network(), VOLUME, latency=False)
 
 
 def one_hot(choices: dict[str, list[int]], table: cost.CostTable) -> dict[str, torch.Tensor]:
