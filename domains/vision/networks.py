@@ -7,18 +7,19 @@ is a :class:`~manifold_nas.cell.SearchCell` (the supernet), otherwise a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from torch import Tensor, nn
 
 from domains.vision.ops import FactorizedReduce, ReLUConvBN
+from manifold_nas.blockwise import NetworkBlock
 from manifold_nas.cell import ArchSpec, DerivedCell, SearchCell, cell_arch_spec, cell_edge_specs
 from manifold_nas.data import DataBundle
 from manifold_nas.genotype import Genotype
 from manifold_nas.networks import NETWORKS, network_example
 from manifold_nas.opset import OpSet
 
-__all__ = ["DartsNetwork", "NB201Network", "SimpleCNN", "reduction_positions"]
+__all__ = ["DartsCellBlock", "DartsNetwork", "NB201Network", "SimpleCNN", "reduction_positions"]
 
 
 def reduction_positions(layers: int) -> tuple[int, ...]:
@@ -46,11 +47,37 @@ def _cell(
     return DerivedCell(opset, spec, edge_specs, genotype.cells[cell_type], cell_type, preprocess)
 
 
+class DartsCellBlock(NetworkBlock):
+    """Cell ``k`` of a :class:`DartsNetwork` as a block (block-wise search, DNA).
+
+    It reads boundary features ``k - 1`` and ``k`` (the outputs of cells
+    ``k - 2`` and ``k - 1``; the stem's output twice for the first cell) and
+    owns every row of its cell type, which all cells of that type share.
+    """
+
+    def __init__(self, index: int, cell: nn.Module) -> None:
+        super().__init__(
+            f"cell {index} ({cell.cell_type})",
+            (max(index - 1, 0), index),
+            {cell.cell_type: range(len(cell.spec.edges))},
+        )
+        self.cell = cell
+
+    def forward(
+        self, inputs: Sequence[Tensor], arch_weights: Mapping[str, Tensor] | None = None
+    ) -> Tensor:
+        w = None if arch_weights is None else arch_weights[self.cell.cell_type]
+        return self.cell(tuple(inputs), w)
+
+
 class DartsNetwork(nn.Module):
     """Stem, ``layers`` cells (reductions at 1/3 and 2/3 of depth), pooling head.
 
     Cell ``k`` reads the outputs of cells ``k-2`` and ``k-1``, preprocessed to
     ``C`` channels (a factorized reduction when cell ``k-1`` reduced).
+
+    Block-wise (:class:`~manifold_nas.blockwise.BlockwiseNetwork`): one block
+    per cell; the boundary features are the stem's output and every cell's.
     """
 
     def __init__(
@@ -105,6 +132,19 @@ class DartsNetwork(nn.Module):
             w = None if arch_weights is None else arch_weights[cell.cell_type]
             s0, s1 = s1, cell((s0, s1), w)
         return self.head(s1)
+
+    def blocks(self) -> list[DartsCellBlock]:
+        """One block per cell, over this network's cells (no copies)."""
+        return [DartsCellBlock(k, cell) for k, cell in enumerate(self.cells)]
+
+    def block_features(
+        self, x: Tensor, arch_weights: Mapping[str, Tensor] | None = None
+    ) -> list[Tensor]:
+        """The stem's output, then every cell's: ``forward == head(block_features[-1])``."""
+        features = [self.stem(x)]
+        for block in self.blocks():
+            features.append(block([features[i] for i in block.inputs], arch_weights))
+        return features
 
 
 class ResidualReduction(nn.Module):

@@ -19,6 +19,13 @@ all-2D baseline really is 2D apart from strided through-plane sampling.
 
 One architecture parameter row per cell, in order: encoder cells level 0 →
 L-1, then decoder cells level L-2 → 0.
+
+Block-wise view (:class:`~manifold_nas.blockwise.BlockwiseNetwork`, used by
+DNA): one block per encoder level (the downsampling into the level, then its
+cells), then one per decoder level (upsample, skip merge, cells). The
+boundary features are the stem's output, each encoder level's output (its
+skip feature) and each decoder level's output; a decoder block reads the
+previous block's output and its encoder level's skip feature.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from domains.volumetric.ops import (
     op_cost,
     per_axis_stride,
 )
+from manifold_nas.blockwise import NetworkBlock
 from manifold_nas.cell import ArchSpec, ChosenEdge
 from manifold_nas.data import DataBundle
 from manifold_nas.errors import UserInputError
@@ -51,6 +59,8 @@ from manifold_nas.opset import OpSet, OpSpec
 __all__ = [
     "ARCH_KEY",
     "VNAS_OPS",
+    "DecoderLevelBlock",
+    "EncoderLevelBlock",
     "ResidualCell",
     "VolumetricNet",
     "baseline_choices",
@@ -96,6 +106,69 @@ class ResidualCell(nn.Module):
             return x
         outputs = [self.ops[self.op_names[i]](x) for i in active]
         return x + self.mix(outputs, weights[active])
+
+
+def _run_cells(
+    cells: nn.ModuleList, rows: Sequence[int], h: Tensor, arch_weights: Mapping[str, Tensor] | None
+) -> Tensor:
+    for cell, row in zip(cells, rows):
+        h = cell(h, None if arch_weights is None else arch_weights[ARCH_KEY][row])
+    return h
+
+
+class EncoderLevelBlock(NetworkBlock):
+    """Encoder level ``l`` as a block: the downsampling into it (``l > 0``), then its cells.
+
+    Reads boundary feature ``l`` (the previous level's output, the stem's for
+    ``l = 0``); its output is the level's skip feature.
+    """
+
+    def __init__(
+        self, level: int, down: nn.Module | None, cells: Sequence[nn.Module], rows: Sequence[int]
+    ) -> None:
+        super().__init__(f"encoder level {level}", (level,), {ARCH_KEY: rows})
+        self.down = down
+        self.cells = nn.ModuleList(cells)
+
+    def forward(
+        self, inputs: Sequence[Tensor], arch_weights: Mapping[str, Tensor] | None = None
+    ) -> Tensor:
+        h = inputs[0] if self.down is None else self.down(inputs[0])
+        return _run_cells(self.cells, self.rows[ARCH_KEY], h, arch_weights)
+
+
+class DecoderLevelBlock(NetworkBlock):
+    """Decoder level ``l`` as a block: upsample, merge the encoder skip, then its cells.
+
+    Reads the previous block's output and the skip feature of encoder level
+    ``l`` (boundary feature ``l + 1``).
+    """
+
+    def __init__(
+        self,
+        level: int,
+        inputs: tuple[int, int],
+        up: nn.Module,
+        merge: nn.Module,
+        skip_mode: str,
+        cells: Sequence[nn.Module],
+        rows: Sequence[int],
+    ) -> None:
+        super().__init__(f"decoder level {level}", inputs, {ARCH_KEY: rows})
+        self.up = up
+        self.merge = merge
+        self.skip_mode = skip_mode
+        self.cells = nn.ModuleList(cells)
+
+    def forward(
+        self, inputs: Sequence[Tensor], arch_weights: Mapping[str, Tensor] | None = None
+    ) -> Tensor:
+        h, skip = self.up(inputs[0]), inputs[1]
+        if self.skip_mode == "concat":
+            h = self.merge(torch.cat([h, skip], dim=1))
+        else:
+            h = h + skip
+        return _run_cells(self.cells, self.rows[ARCH_KEY], h, arch_weights)
 
 
 def _norm_act(channels: int, norm: Any, act: Any) -> list[nn.Module]:
@@ -307,6 +380,43 @@ class VolumetricNet(nn.Module):
             h = run_cells(h)
         return self.head(h)
 
+    # ------------------------------------------------------------------ block-wise view
+    def blocks(self) -> list[EncoderLevelBlock | DecoderLevelBlock]:
+        """Encoder levels 0 … L-1, then decoder levels L-2 … 0, over this network's modules."""
+        per_level = self.cells_per_level
+        blocks: list[EncoderLevelBlock | DecoderLevelBlock] = []
+        for lvl in range(self.levels):
+            rows = range(lvl * per_level, (lvl + 1) * per_level)
+            down = self.down[lvl - 1] if lvl > 0 else None
+            blocks.append(EncoderLevelBlock(lvl, down, [self.cells[r] for r in rows], rows))
+        for k, lvl in enumerate(reversed(range(self.levels - 1))):
+            start = (self.levels + k) * per_level
+            rows = range(start, start + per_level)
+            cells = [self.cells[r] for r in rows]
+            inputs = (self.levels + k, lvl + 1)
+            blocks.append(
+                DecoderLevelBlock(
+                    lvl, inputs, self.up[lvl], self.merge[lvl], self.skip_mode, cells, rows
+                )
+            )
+        return blocks
+
+    def block_features(
+        self, x: Tensor, arch_weights: Mapping[str, Tensor] | None = None
+    ) -> list[Tensor]:
+        """The stem's output, then every block's: ``forward == head(block_features[-1])``."""
+        if self.choices is None and arch_weights is None:
+            raise ValueError("the searchable VolumetricNet needs arch_weights; derive() it first")
+        if any(n % s for n, s in zip(x.shape[2:], self.total_stride)):
+            raise ValueError(
+                f"input size {tuple(x.shape[2:])} is not divisible by the total stride "
+                f"{self.total_stride}"
+            )
+        features = [self.stem(x)]
+        for block in self.blocks():
+            features.append(block([features[i] for i in block.inputs], arch_weights))
+        return features
+
     # ------------------------------------------------------------------ derivation
     def derive(self, choices: Sequence[str]) -> VolumetricNet:
         """The discrete network with op ``choices[i]`` in cell ``i`` (fresh weights)."""
@@ -419,6 +529,7 @@ def build_vnas_network(
     skip: str = "concat",
     through_plane_axis: int | None = None,
     fixed_op: str | None = None,
+    act: str = DEFAULT_ACT,
 ) -> VolumetricNet:
     """V-NAS encoder-decoder sized from the data bundle.
 
@@ -426,7 +537,9 @@ def build_vnas_network(
     the patch checked against the total stride; ``through_plane_axis``
     defaults to the data's thick-slice axis (``data.info``). With a genotype
     the derived network is built; ``fixed_op`` (e.g. ``"conv2d"``) builds the
-    all-``fixed_op`` baseline instead of a searchable network.
+    all-``fixed_op`` baseline instead of a searchable network. ``act`` names
+    the activation of every op and fixed layer (a MONAI ``Act`` name such as
+    ``"prelu"``, which MONAI's UNet uses and which cannot leave a channel dead).
     """
     if through_plane_axis is None:
         through_plane_axis = int(data.info.get("through_plane_axis", 2))
@@ -441,6 +554,7 @@ def build_vnas_network(
         upsample=upsample,
         skip=skip,
         through_plane_axis=through_plane_axis,
+        act=act,
         opset=opset,
     )
     if fixed_op is not None:
