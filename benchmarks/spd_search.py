@@ -1,216 +1,322 @@
-"""SPDNetNAS on JapaneseVowels against fixed SPD networks and Riemannian classifiers.
+"""SPDNetNAS against fixed SPD networks and the Riemannian baselines, on six real data sets.
 
-Rows, each over ``--seeds`` seeds (mean ± std of test accuracy):
+One recipe, ``configs/spd/japanese_vowels.yaml`` (the ``make demo`` config), is
+run on every data set of :data:`benchmarks.spd_baselines.ROWS` (JapaneseVowels
+as 13×13 Gaussian embeddings and as 12×12 covariances, BasicMotions, and the
+UCR problems ArrowHead, GunPoint and OSULeaf as delay-embedding covariances)
+with only its ``data:`` section replaced. The one setting that follows the
+data is the batch size, by a rule (:func:`balanced_batch_size`): the
+config's batch size is the largest, and the samples are cut into equal
+batches, so no epoch ends on a batch of a few samples (36 training samples
+at 30 per batch would give a batch of 6, whose batch-norm means are noise).
 
-* ``SPDNetNAS (searched)``: search with ``configs/spd/japanese_vowels.yaml``,
-  then retrain the derived cell from scratch;
-* ``SPDNetNAS (random)``: a random architecture from the same space
-  (:func:`benchmarks.common.random_genotype`), retrained the same way;
-* ``SPDNet`` / ``SPDNetBN`` (ours): ``configs/spd/spdnet*_japanese_vowels.yaml``;
-* ``spd-learn SPDNet``: ``spd_learn.models.SPDNet`` on the same covariances,
-  trained with the same optimizer, epochs and batch size as our SPDNet;
-* ``pyRiemann MDM`` and ``tangent space + logistic regression`` (deterministic,
-  fitted once).
+Rows per data set, each over ``--seeds`` seeds (mean ± std of test accuracy):
 
-Writes ``benchmarks/results/spd_search.json`` and prints a markdown table.
+* ``searched``: search with the recipe, retrain the derived cell from scratch;
+* ``random``: a uniformly random cell of the same space, retrained the same way;
+* ``spdnetbn_ts``: SPDNetBN (one BiMap ``n -> n // 2``) with the recipe's
+  tangent-space head and training, i.e. the recipe without a search space;
+* ``spdnet`` / ``spdnetbn``: the published fixed networks (one BiMap
+  ``n -> n // 2``, LogEig head), the recipe's training;
+* ``mdm`` and ``ts_lr``: pyRiemann minimum distance to mean and tangent
+  space + logistic regression with ``C`` by 5-fold cross-validation
+  (deterministic; :mod:`domains.spd.baselines`).
+
+``--set section.key=value`` changes the recipe for every learned row, which
+is how the ablations of the README were run. Writes
+``benchmarks/results/spd_search.json`` and ``.md`` (``--out``).
 
 Usage::
 
-    .venv/bin/python benchmarks/spd_search.py             # 3 seeds (tens of minutes on 2 cores)
-    .venv/bin/python benchmarks/spd_search.py --quick     # 1 seed, short schedules (smoke test)
+    .venv/bin/python -m benchmarks.spd_search                 # 3 seeds, 6 sets, 2 processes
+    .venv/bin/python -m benchmarks.spd_search --quick         # 1 seed, BasicMotions, short
+    .venv/bin/python -m benchmarks.spd_search --methods searched --set network.tangent_head=false
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import multiprocessing
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import random_genotype  # noqa: E402
-from manifold_nas.config import load_config  # noqa: E402
-from manifold_nas.genotype import Genotype  # noqa: E402
-from manifold_nas.run import build_data, build_network, seed_everything  # noqa: E402
-from manifold_nas.search import search  # noqa: E402
-from manifold_nas.training import train_derived  # noqa: E402
+from benchmarks.spd_baselines import ROWS  # noqa: E402
 
-CONFIGS = ROOT / "configs" / "spd"
-QUICK = ["search.epochs=1", "search.max_steps_per_epoch=2", "train.epochs=3"]
+RECIPE = ROOT / "configs" / "spd" / "japanese_vowels.yaml"
+METHODS = ("searched", "random", "spdnetbn_ts", "spdnet", "spdnetbn", "mdm", "ts_lr")
+LABELS = {
+    "searched": "SPDNetNAS searched",
+    "random": "SPDNetNAS random cell",
+    "spdnetbn_ts": "SPDNetBN + tangent head",
+    "spdnet": "SPDNet",
+    "spdnetbn": "SPDNetBN",
+    "mdm": "MDM",
+    "ts_lr": "TS + LR",
+}
+DETERMINISTIC = ("mdm", "ts_lr")
+QUICK = ["search.epochs=2", "train.epochs=3"]
 
 
-def run_searched(seed: int, overrides: list[str]) -> dict[str, Any]:
-    config = load_config(CONFIGS / "japanese_vowels.yaml", [f"seed={seed}", *overrides])
-    with tempfile.TemporaryDirectory() as out:
+def balanced_batch_size(samples: int, largest: int) -> int:
+    """The batch size of ``ceil(samples / largest)`` batches of equal size (± 1 sample).
+
+    ``balanced_batch_size(36, 30) == 18`` (two batches of 18 instead of 30 + 6);
+    ``balanced_batch_size(270, 30) == 30``.
+    """
+    batches = math.ceil(samples / largest)
+    return math.ceil(samples / batches)
+
+
+def recipe(
+    dataset: str,
+    overrides: list[str],
+    seed: int,
+    train_samples: int,
+    batch_rule: bool = True,
+) -> dict[str, Any]:
+    """The recipe config for ``dataset``: its data section, the batch-size rule, ``overrides``."""
+    from manifold_nas.config import apply_overrides, load_config
+
+    _, builder, options = ROWS[dataset]
+    config = load_config(RECIPE, [f"seed={seed}", *overrides])
+    raw = config.to_dict()
+    raw["data"] = {"name": builder, **options}
+    if batch_rule:
+        weight_samples = max(1, round(config.search.train_portion * train_samples))
+        raw["search"]["batch_size"] = balanced_batch_size(weight_samples, config.search.batch_size)
+        raw["train"]["batch_size"] = balanced_batch_size(train_samples, config.train.batch_size)
+    return apply_overrides(raw, [])
+
+
+def run_task(task: dict[str, Any]) -> dict[str, Any]:
+    """One (data set, method, seed) cell of the table, in a worker process."""
+    from threadpoolctl import threadpool_limits
+
+    import domains.spd  # noqa: F401  (registers the SPD builders in a spawned worker)
+    from benchmarks.common import random_genotype
+    from manifold_nas.config import parse_config
+    from manifold_nas.genotype import Genotype
+    from manifold_nas.run import build_data, build_network
+    from manifold_nas.search import search
+    from manifold_nas.training import train_derived
+
+    method, seed = task["method"], task["seed"]
+    raw = recipe(
+        task["dataset"], task["overrides"], seed, task["train_samples"], task["batch_rule"]
+    )
+    row: dict[str, Any] = {"dataset": task["dataset"], "method": method, "seed": seed}
+    with threadpool_limits(limits=1), tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
-        genotype = search(config, out, quiet=True).genotype
-        search_seconds = time.perf_counter() - started
-    summary = train_derived(genotype, config, quiet=True)
-    return _row(summary, search_seconds, genotype.describe())
-
-
-def run_random(seed: int, overrides: list[str]) -> dict[str, Any]:
-    config = load_config(CONFIGS / "japanese_vowels.yaml", [f"seed={seed}", *overrides])
-    network, opset = build_network(config, build_data(config))
-    genotype = random_genotype(network.arch_specs, opset.name, opset.zero, seed)
-    return _row(train_derived(genotype, config, quiet=True), 0.0, genotype.describe())
-
-
-def run_fixed(name: str, seed: int, overrides: list[str]) -> dict[str, Any]:
-    config = load_config(CONFIGS / f"{name}_japanese_vowels.yaml", [f"seed={seed}", *overrides])
-    genotype = Genotype(opset="spd", cells={}, config=config.to_dict())
-    return _row(train_derived(genotype, config, quiet=True), 0.0)
-
-
-def run_spd_learn(seed: int, overrides: list[str]) -> dict[str, Any]:
-    """spd-learn's SPDNet (BiMap 12 -> 8, ReEig, LogEig, Linear), our training schedule."""
-    import geoopt
-    from spd_learn.models import SPDNet
-
-    config = load_config(CONFIGS / "spdnet_japanese_vowels.yaml", [f"seed={seed}", *overrides])
-    seed_everything(seed)
-    bundle = build_data(config)
-    x_train, y_train = (t for t in bundle.train.tensors)
-    x_test, y_test = (t for t in bundle.test.tensors)
-    n = x_train.shape[-1]
-    dims = config.network.get("dims", [n, n // 2])
-    model = SPDNet(input_type="cov", subspacedim=dims[-1], n_chans=n, n_outputs=bundle.num_classes)
-    model = model.to(torch.float64)
-    options = {k: v for k, v in config.train.optimizer.items() if k != "name"}
-    optimizer = geoopt.optim.RiemannianAdam(model.parameters(), **options)
-    generator = torch.Generator().manual_seed(seed)
-    started = time.perf_counter()
-    for _ in range(config.train.epochs):
-        model.train()
-        order = torch.randperm(len(y_train), generator=generator)
-        for batch in order.split(config.train.batch_size):
-            optimizer.zero_grad()
-            loss = torch.nn.functional.cross_entropy(model(x_train[batch, 0]), y_train[batch])
-            loss.backward()
-            optimizer.step()
-    train_seconds = time.perf_counter() - started
-    model.eval()
-    with torch.no_grad():
-        accuracy = float((model(x_test[:, 0]).argmax(1) == y_test).double().mean())
-    parameters = sum(p.numel() for p in model.parameters())
-    return {
-        "accuracy": accuracy,
-        "parameters": parameters,
-        "search_seconds": 0.0,
-        "train_seconds": train_seconds,
-    }
-
-
-def run_pyriemann() -> dict[str, dict[str, Any]]:
-    from pyriemann.classification import MDM
-    from pyriemann.tangentspace import TangentSpace
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-
-    config = load_config(CONFIGS / "spdnet_japanese_vowels.yaml")
-    bundle = build_data(config)
-    x_train, y_train = (t.numpy() for t in bundle.train.tensors)
-    x_test, y_test = (t.numpy() for t in bundle.test.tensors)
-    x_train, x_test = x_train[:, 0], x_test[:, 0]
-    rows = {}
-    for name, model in (
-        ("pyRiemann MDM", MDM(metric="riemann")),
-        (
-            "tangent space + logistic regression",
-            make_pipeline(TangentSpace(metric="riemann"), LogisticRegression(max_iter=2000)),
-        ),
-    ):
-        started = time.perf_counter()
-        model.fit(x_train, y_train)
-        seconds = time.perf_counter() - started
-        rows[name] = {
-            "accuracy": float(np.mean(model.predict(x_test) == y_test)),
-            "parameters": 0,
-            "search_seconds": 0.0,
-            "train_seconds": seconds,
-        }
-    return rows
-
-
-def _row(summary: dict[str, Any], search_seconds: float, genotype: str = "") -> dict[str, Any]:
-    row = {
-        "accuracy": float(summary["test"]["accuracy"]),
-        "parameters": int(summary["parameters"]),
-        "search_seconds": search_seconds,
-        "train_seconds": float(summary["train_seconds"]),
-    }
-    if genotype:
-        row["genotype"] = genotype
+        if method in ("spdnet", "spdnetbn", "spdnetbn_ts"):
+            network = {"name": "spdnet" if method == "spdnet" else "spdnetbn", "opset": "spd"}
+            if method == "spdnetbn_ts":
+                keep = ("tangent_head", "head", "flatten")
+                network.update({k: v for k, v in raw["network"].items() if k in keep})
+            raw = {**raw, "network": network, "train": {**raw["train"], "network": {}}}
+            config = parse_config(raw)
+            genotype = Genotype(opset="spd", cells={})
+        else:
+            config = parse_config(raw)
+            if method == "searched":
+                result = search(config, out, quiet=True)
+                genotype = result.genotype
+                row.update(
+                    entropy_ratio=result.summary["entropy_ratio"],
+                    top2_margin=result.summary["top2_margin"],
+                    search_seconds=result.summary["search_seconds"],
+                )
+            else:
+                network, opset = build_network(config, build_data(config))
+                genotype = random_genotype(network.arch_specs, opset.name, opset.zero, seed)
+            row["genotype"] = genotype.describe()
+        trained = train_derived(genotype, config, quiet=True)
+        row.update(
+            accuracy=float(trained["test"]["accuracy"]),
+            parameters=int(trained["parameters"]),
+            train_seconds=float(trained["train_seconds"]),
+            seconds=time.perf_counter() - started,
+        )
+    print(
+        f"{task['dataset']} {method} seed {seed}: {100 * row['accuracy']:.2f}% "
+        f"({row['seconds']:.0f} s)",
+        file=sys.stderr,
+        flush=True,
+    )
     return row
 
 
-def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    acc = [r["accuracy"] for r in runs]
-    return {
-        "accuracy_mean": statistics.mean(acc),
-        "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
-        "parameters": statistics.mean(r["parameters"] for r in runs),
-        "search_seconds": statistics.mean(r["search_seconds"] for r in runs),
-        "train_seconds": statistics.mean(r["train_seconds"] for r in runs),
-        "runs": runs,
-    }
+def run_baselines(dataset: str) -> list[dict[str, Any]]:
+    from benchmarks.spd_baselines import run_row
+
+    label, builder, options = ROWS[dataset]
+    result = run_row(label, builder, options, cv=5)
+    return [
+        {"dataset": dataset, "method": "mdm", "seed": 0, "accuracy": result["mdm_accuracy"]},
+        {"dataset": dataset, "method": "ts_lr", "seed": 0, "accuracy": result["ts_lr_accuracy"]},
+    ]
+
+
+def aggregate(rows: list[dict[str, Any]], datasets: list[str], methods: list[str]) -> dict:
+    """``{method: {dataset: {mean, std, runs}, "mean": {mean, std}}}``; the mean is per seed."""
+    table: dict[str, Any] = {}
+    for method in methods:
+        cells: dict[str, Any] = {}
+        for dataset in datasets:
+            runs = sorted(
+                (r for r in rows if r["method"] == method and r["dataset"] == dataset),
+                key=lambda r: r["seed"],
+            )
+            accuracies = [r["accuracy"] for r in runs]
+            if not accuracies:
+                continue
+            cells[dataset] = {
+                "mean": statistics.fmean(accuracies),
+                "std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+                "runs": runs,
+            }
+        if len(cells) == len(datasets):
+            # The six-set mean of each seed, then mean ± std over seeds (baselines: one value).
+            seeds = sorted({r["seed"] for c in cells.values() for r in c["runs"]})
+            per_seed = []
+            for seed in seeds:
+                values = [
+                    next((r["accuracy"] for r in c["runs"] if r["seed"] == seed), c["mean"])
+                    for c in cells.values()
+                ]
+                per_seed.append(statistics.fmean(values))
+            cells["mean"] = {
+                "mean": statistics.fmean(per_seed),
+                "std": statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0,
+            }
+        table[method] = cells
+    return table
+
+
+def markdown(table: dict[str, Any], datasets: list[str], methods: list[str]) -> str:
+    header = "| data set | " + " | ".join(LABELS[m] for m in methods) + " |"
+    lines = [header, "|---" * (len(methods) + 1) + "|"]
+    for dataset in [*datasets, "mean"]:
+        label = "**mean**" if dataset == "mean" else ROWS[dataset][0]
+        cells = []
+        for method in methods:
+            cell = table.get(method, {}).get(dataset)
+            if cell is None:
+                cells.append("")
+            elif method in DETERMINISTIC:
+                cells.append(f"{100 * cell['mean']:.2f}")
+            else:
+                cells.append(f"{100 * cell['mean']:.2f} ± {100 * cell['std']:.2f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def decision_table(rows: list[dict[str, Any]], datasets: list[str]) -> str:
+    lines = [
+        "| data set | entropy ratio | top-2 margin | search s | retrain s |",
+        "|---|---|---|---|---|",
+    ]
+    for dataset in datasets:
+        runs = [r for r in rows if r["method"] == "searched" and r["dataset"] == dataset]
+        if not runs:
+            continue
+
+        def mean(key: str, runs=runs) -> float:
+            return statistics.fmean(r[key] for r in runs)
+
+        lines.append(
+            f"| {ROWS[dataset][0]} | {mean('entropy_ratio'):.2f} | {mean('top2_margin'):.3f} "
+            f"| {mean('search_seconds'):.0f} | {mean('train_seconds'):.0f} |"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
-    parser.add_argument("--quick", action="store_true", help="1 seed, short schedules")
+    parser.add_argument("--only", nargs="+", choices=list(ROWS), help="these data sets only")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", dest="overrides")
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument(
-        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "spd_search.json"
+        "--no-batch-rule", action="store_true", help="keep the config's batch sizes (ablation)"
     )
+    parser.add_argument("--quick", action="store_true", help="1 seed, BasicMotions, short runs")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "spd_search")
     args = parser.parse_args(argv)
-    seeds = range(1 if args.quick else args.seeds)
-    overrides = QUICK if args.quick else []
-    train_only = [o for o in overrides if o.startswith("train.")]
+    datasets = ["basic_motions"] if args.quick else list(args.only or ROWS)
+    seeds = [0] if args.quick else list(range(args.seeds))
+    overrides = [*args.overrides, *(QUICK if args.quick else [])]
+    methods = list(args.methods)
 
-    results: dict[str, Any] = {}
-    methods = {
-        "SPDNetNAS (searched)": lambda s: run_searched(s, overrides),
-        "SPDNetNAS (random)": lambda s: run_random(s, train_only),
-        "SPDNet": lambda s: run_fixed("spdnet", s, train_only),
-        "SPDNetBN": lambda s: run_fixed("spdnetbn", s, train_only),
-        "spd-learn SPDNet": lambda s: run_spd_learn(s, train_only),
-    }
-    for name, method in methods.items():
-        runs = []
-        for seed in seeds:
-            runs.append(method(seed))
-            print(f"{name} seed {seed}: {runs[-1]['accuracy']:.4f}", file=sys.stderr, flush=True)
-        results[name] = _aggregate(runs)
-    for name, row in run_pyriemann().items():
-        results[name] = _aggregate([row])
+    import domains.spd  # noqa: F401
+    from manifold_nas.data import DATASETS
 
+    started = time.perf_counter()
+    sizes = {d: len(DATASETS.get(ROWS[d][1])(**ROWS[d][2]).train) for d in datasets}
+    tasks = [
+        {
+            "dataset": d,
+            "method": m,
+            "seed": s,
+            "overrides": overrides,
+            "train_samples": sizes[d],
+            "batch_rule": not args.no_batch_rule,
+        }
+        for m in methods
+        if m not in DETERMINISTIC
+        for d in datasets
+        for s in seeds
+    ]
+    # Largest data sets and searches first, so the pool does not end on one long task.
+    tasks.sort(key=lambda t: (-sizes[t["dataset"]], t["method"] != "searched"))
+    rows: list[dict[str, Any]] = []
+    if tasks:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
+            rows.extend(pool.map(run_task, tasks))
+    if any(m in DETERMINISTIC for m in methods):
+        for dataset in datasets:
+            rows.extend(r for r in run_baselines(dataset) if r["method"] in methods)
+    wall = time.perf_counter() - started
+
+    table = aggregate(rows, datasets, methods)
+    text = markdown(table, datasets, methods)
+    if "searched" in methods:
+        text += "\n\nDecision and time of the searched runs (means over seeds):\n\n"
+        text += decision_table(rows, datasets)
+    text += f"\n\nwall-clock {wall / 60:.1f} min with {args.jobs} processes of one thread each\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
-        "dataset": "japanese_vowels",
-        "seeds": list(seeds),
+        "recipe": yaml.safe_load(RECIPE.read_text()),
+        "overrides": overrides,
+        "batch_size_rule": None
+        if args.no_batch_rule
+        else balanced_batch_size.__doc__.splitlines()[0],
+        "datasets": datasets,
+        "seeds": seeds,
+        "methods": methods,
         "quick": args.quick,
         "torch": torch.__version__,
-        "results": results,
+        "wall_seconds": wall,
+        "table": table,
+        "markdown": text,
     }
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
-
-    print("| method | test accuracy (%) | parameters | search s | train s |")
-    print("|---|---|---|---|---|")
-    for name, row in results.items():
-        print(
-            f"| {name} | {100 * row['accuracy_mean']:.2f} ± {100 * row['accuracy_std']:.2f} "
-            f"| {row['parameters']:,.0f} | {row['search_seconds']:.0f} | {row['train_seconds']:.0f} |"
-        )
+    args.out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(text)
+    print(text)
     return 0
 
 

@@ -3,6 +3,7 @@
 Standalone (no dependency on the search core): spectral functions with a
 Daleckii–Krein backward (:mod:`spd_ops.functional`), SPDNet layers
 (:mod:`spd_ops.layers`), Riemannian batch norm (:mod:`spd_ops.batchnorm`),
+tangent-space features at the Fréchet mean (:mod:`spd_ops.tangent`),
 Fréchet means and distances (:mod:`spd_ops.mean`) and input checks
 (:mod:`spd_ops.validation`). Everything defaults to float64.
 """
@@ -35,6 +36,7 @@ from .mean import (
     karcher_tangent,
     log_euclidean_distance,
 )
+from .tangent import TangentSpace, upper_triangle
 from .validation import InvalidSPDError, check_spd, regularize_spd
 
 __all__ = [
@@ -49,6 +51,7 @@ __all__ = [
     "LogEig",
     "ReEig",
     "SPDBatchNorm",
+    "TangentSpace",
     "airm_distance",
     "airm_geodesic",
     "check_spd",
@@ -69,4 +72,5 @@ __all__ = [
     "sqrtm",
     "sqrtm_invsqrtm",
     "sym",
+    "upper_triangle",
 ]

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from domains.spd.baselines import tangent_space_baseline
 from domains.spd.covariance import covariance_features, default_embedding_lag
 from domains.spd.validation import encode_labels, validate_spd_dataset
 from manifold_nas.data import DATASETS, DataBundle
@@ -465,6 +466,7 @@ def _bundle(
         num_classes=len(classes),
         sample_shape=tuple(x_train.shape[1:]),
         info={"class_names": list(classes), **info},
+        baseline=tangent_space_baseline,
     )
 
 

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from domains.spd.ops import NORMAL_OPS, REDUCE_OPS
 from manifold_nas.cell import ArchSpec, DerivedCell, SearchCell, cell_arch_spec
@@ -27,9 +28,16 @@ from manifold_nas.data import DataBundle
 from manifold_nas.genotype import Genotype
 from manifold_nas.networks import NETWORKS, network_example
 from manifold_nas.opset import OpSet, OpSpec
-from spd_ops import BiMap, LogEig, ReEig, SPDBatchNorm
+from spd_ops import BiMap, LogEig, ReEig, SPDBatchNorm, TangentSpace
 
-__all__ = ["SPDNet", "SPDNetNAS", "Vectorize", "preprocess_block", "spd_edge_specs"]
+__all__ = [
+    "SPDNet",
+    "SPDNetNAS",
+    "TangentSpaceHead",
+    "Vectorize",
+    "preprocess_block",
+    "spd_edge_specs",
+]
 
 
 class Vectorize(nn.Module):
@@ -73,6 +81,125 @@ def _head(channels: int, n: int, num_classes: int, flatten: str) -> nn.Sequentia
         vectorize,
         nn.Linear(vectorize.features(channels), num_classes, dtype=torch.float64),
     )
+
+
+class TangentSpaceHead(nn.Module):
+    r"""Linear classifier on the cell features *and* the input's tangent vectors.
+
+    .. math::
+
+        \text{logits} = A\, \frac{t(X) - \mu}{\sigma}
+            + B\, \mathrm{std}\bigl(\operatorname{vec}(\log Y)\bigr) + b,
+        \qquad t(X) = \operatorname{upper}\bigl(\log(R^{-1/2} X R^{-1/2})\bigr),
+
+    with ``X`` the network input, ``Y`` the last cell's output, ``R`` the
+    reference point of :class:`spd_ops.TangentSpace` and ``std`` a
+    per-coordinate standardisation by batch statistics (``BatchNorm1d``
+    without affine parameters; running statistics at evaluation). With
+    ``B = 0`` the network *is* tangent space + logistic regression, so cells
+    only have to add to it.
+
+    :meth:`fit` (called by the builders with the training set) fixes ``R`` to
+    the Karcher mean of the training inputs and ``μ, σ`` to the mean and
+    standard deviation of their tangent vectors, as pyRiemann's
+    ``TangentSpace`` and a standard scaler would; without it ``R`` is a
+    running mean and ``μ = 0, σ = 1``.
+
+    ``init="zero"`` starts ``A``, ``B`` and ``b`` at zero. ``init="logistic"``
+    also gets the labels in :meth:`fit` and starts ``A`` and ``b`` at
+    multinomial logistic regression on ``t`` with ``C`` by 5-fold
+    cross-validation on the training set (:func:`~domains.spd.baselines.
+    logistic_regression_cv`), i.e. the network starts as the practitioner's
+    baseline (linear probing before fine-tuning, Kumar et al., ICLR 2022).
+    ``freeze_tangent`` keeps ``A`` fixed in training, so the trained part is
+    a correction ``B`` of the cell features to that classifier.
+    ``standardize=False`` leaves both feature groups unscaled; ``dropout``
+    drops coordinates of both in training.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        n: int,
+        in_channels: int,
+        n_in: int,
+        num_classes: int,
+        flatten: str = "full",
+        standardize: bool = True,
+        dropout: float = 0.0,
+        init: str = "zero",
+        freeze_tangent: bool = False,
+    ) -> None:
+        super().__init__()
+        if init not in ("zero", "logistic"):
+            raise ValueError(f"head init must be 'zero' or 'logistic', got {init!r}")
+        self.init, self.standardize = init, bool(standardize)
+        self.num_classes = num_classes
+        self.log = LogEig()
+        self.vectorize = Vectorize(n, flatten)
+        self.tangent = TangentSpace(in_channels, n_in)
+        cell_features, tangent_features = self.vectorize.features(channels), self.tangent.features
+        self.cell_norm = (
+            nn.BatchNorm1d(cell_features, affine=False, dtype=torch.float64)
+            if standardize
+            else nn.Identity()
+        )
+        self.register_buffer("tangent_mean", torch.zeros(tangent_features, dtype=torch.float64))
+        self.register_buffer("tangent_scale", torch.ones(tangent_features, dtype=torch.float64))
+        self.dropout = nn.Dropout(dropout)
+        self.tangent_linear = nn.Linear(tangent_features, num_classes, dtype=torch.float64)
+        self.cell_linear = nn.Linear(cell_features, num_classes, bias=False, dtype=torch.float64)
+        for parameter in self.parameters():
+            nn.init.zeros_(parameter)
+        self.tangent_linear.weight.requires_grad_(not freeze_tangent)
+
+    @torch.no_grad()
+    def fit(self, x: Tensor, y: Tensor | None = None) -> TangentSpaceHead:
+        """Fix ``R``, ``μ``, ``σ`` from training inputs ``x``; with ``init="logistic"`` fit ``A, b`` on ``(x, y)``."""
+        self.tangent.fit(x)
+        t = self.tangent(x)
+        if self.standardize:
+            self.tangent_mean.copy_(t.mean(0))
+            # Constant coordinates (a zero-variance channel) stay unscaled.
+            std = t.std(0, unbiased=False)
+            self.tangent_scale.copy_(torch.where(std > 1e-12, std, torch.ones_like(std)))
+        if self.init == "logistic":
+            if y is None:
+                raise ValueError("head init 'logistic' needs the training labels")
+            from domains.spd.baselines import logistic_regression_cv
+
+            z = ((t - self.tangent_mean) / self.tangent_scale).cpu().numpy()
+            fitted = logistic_regression_cv(z, y.cpu().numpy(), self.num_classes)
+            self.tangent_linear.weight.copy_(torch.from_numpy(fitted["weight"]))
+            self.tangent_linear.bias.copy_(torch.from_numpy(fitted["bias"]))
+        return self
+
+    def forward(self, cell_output: Tensor, x: Tensor) -> Tensor:
+        cells = self.cell_norm(self.vectorize(self.log(cell_output)))
+        tangent = (self.tangent(x) - self.tangent_mean) / self.tangent_scale
+        return self.cell_linear(self.dropout(cells)) + self.tangent_linear(self.dropout(tangent))
+
+
+def _classifier(
+    channels: int,
+    n: int,
+    in_channels: int,
+    n_in: int,
+    num_classes: int,
+    flatten: str,
+    tangent_head: bool,
+    head_options: Mapping | None,
+) -> nn.Module:
+    if not tangent_head:
+        if head_options:
+            raise ValueError("network option 'head' needs tangent_head: true")
+        return _head(channels, n, num_classes, flatten)
+    options = dict(head_options or {})
+    valid = ("standardize", "dropout", "init", "freeze_tangent")
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown head option(s) {unknown}; valid: {', '.join(valid)}")
+    return TangentSpaceHead(channels, n, in_channels, n_in, num_classes, flatten, **options)
 
 
 def preprocess_block(
@@ -145,6 +272,8 @@ class SPDNetNAS(nn.Module):
         flatten: str = "full",
         bn_channels: bool = False,
         bn_iters: int = 1,
+        tangent_head: bool = False,
+        head: Mapping | None = None,
     ) -> None:
         super().__init__()
         missing = [op for op in (*NORMAL_OPS, *REDUCE_OPS) if op not in opset.ops]
@@ -187,14 +316,15 @@ class SPDNetNAS(nn.Module):
                 )
             self.cells.append(cell)
             (c_pp, n_pp), (c_p, n_p) = (c_p, n_p), (len(spec.concat) * c, size)
-        self.head = _head(c_p, n_p, num_classes, flatten)
+        self.tangent_head = tangent_head
+        self.head = _classifier(c_p, n_p, in_channels, n, num_classes, flatten, tangent_head, head)
 
     def forward(self, x: Tensor, arch_weights: Mapping[str, Tensor] | None = None) -> Tensor:
         s0 = s1 = self.stem(x)
         for cell in self.cells:
             weights = None if arch_weights is None else arch_weights[cell.cell_type]
             s0, s1 = s1, cell((s0, s1), weights)
-        return self.head(s1)
+        return self.head(s1, x) if self.tangent_head else self.head(s1)
 
 
 class SPDNet(nn.Module):
@@ -214,6 +344,8 @@ class SPDNet(nn.Module):
         batch_norm: bool = False,
         flatten: str = "full",
         bn_iters: int = 1,
+        tangent_head: bool = False,
+        head: Mapping | None = None,
     ) -> None:
         super().__init__()
         dims = [int(d) for d in dims]
@@ -228,16 +360,29 @@ class SPDNet(nn.Module):
             if i < len(dims) - 2:
                 layers.append(ReEig())
         self.features = nn.Sequential(*layers)
-        self.head = _head(1, dims[-1], num_classes, flatten)
+        self.tangent_head = tangent_head
+        self.head = _classifier(
+            1, dims[-1], in_channels, dims[0], num_classes, flatten, tangent_head, head
+        )
 
     def forward(self, x: Tensor, arch_weights: Mapping[str, Tensor] | None = None) -> Tensor:
-        return self.head(self.features(x))
+        features = self.features(x)
+        return self.head(features, x) if self.tangent_head else self.head(features)
 
 
 def _input_shape(data: DataBundle) -> tuple[int, int]:
     if len(data.sample_shape) != 3 or data.sample_shape[1] != data.sample_shape[2]:
         raise ValueError(f"SPD networks need (C, n, n) samples, got {data.sample_shape}")
     return int(data.sample_shape[0]), int(data.sample_shape[1])
+
+
+def _fit_head(network: SPDNetNAS | SPDNet, data: DataBundle) -> SPDNetNAS | SPDNet:
+    """Fit a tangent-space head's reference (and initial classifier) on the training set."""
+    if network.tangent_head:
+        everything = DataLoader(data.train, batch_size=len(data.train), collate_fn=data.collate_fn)
+        x, y = next(iter(everything))
+        network.head.fit(x.to(torch.float64), y)
+    return network
 
 
 def _dims(dims: Sequence[int] | None, n: int) -> list[int]:
@@ -261,15 +406,20 @@ def build_spdnetnas(
     flatten: str = "full",
     bn_channels: bool = False,
     bn_iters: int = 1,
+    tangent_head: bool = False,
+    head: Mapping | None = None,
 ) -> SPDNetNAS:
     """The SPDNetNAS network; ``n_out=None`` halves the input size in the reduction cell.
 
     ``bn_channels`` gives every batch norm one mean per channel (default: pooled
     over batch and channels, as in the paper); ``bn_iters`` is the number of
-    Karcher steps of the batch mean (1 in the paper).
+    Karcher steps of the batch mean (1 in the paper). ``tangent_head`` feeds
+    the input's tangent vectors at the running Fréchet mean to the classifier
+    next to the cell features (:class:`TangentSpaceHead`, options ``head:
+    {standardize, dropout}``); off, the head is the paper's LogEig → Linear.
     """
     c_in, n = _input_shape(data)
-    return SPDNetNAS(
+    network = SPDNetNAS(
         opset,
         c_in,
         n,
@@ -283,7 +433,10 @@ def build_spdnetnas(
         flatten,
         bn_channels,
         bn_iters,
+        tangent_head,
+        head,
     )
+    return _fit_head(network, data)
 
 
 @NETWORKS.register("spdnet")
@@ -294,10 +447,21 @@ def build_spdnet(
     genotype: Genotype | None = None,
     dims: Sequence[int] | None = None,
     flatten: str = "full",
+    tangent_head: bool = False,
+    head: Mapping | None = None,
 ) -> SPDNet:
     """SPDNet; ``dims=None`` is ``[n, n // 2]`` (one BiMap). The genotype is ignored."""
     c_in, n = _input_shape(data)
-    return SPDNet(c_in, data.num_classes, _dims(dims, n), batch_norm=False, flatten=flatten)
+    network = SPDNet(
+        c_in,
+        data.num_classes,
+        _dims(dims, n),
+        batch_norm=False,
+        flatten=flatten,
+        tangent_head=tangent_head,
+        head=head,
+    )
+    return _fit_head(network, data)
 
 
 @NETWORKS.register("spdnetbn")
@@ -309,14 +473,19 @@ def build_spdnetbn(
     dims: Sequence[int] | None = None,
     flatten: str = "full",
     bn_iters: int = 1,
+    tangent_head: bool = False,
+    head: Mapping | None = None,
 ) -> SPDNet:
     """SPDNetBN: SPDNet with Riemannian batch norm after every BiMap."""
     c_in, n = _input_shape(data)
-    return SPDNet(
+    network = SPDNet(
         c_in,
         data.num_classes,
         _dims(dims, n),
         batch_norm=True,
         flatten=flatten,
         bn_iters=bn_iters,
+        tangent_head=tangent_head,
+        head=head,
     )
+    return _fit_head(network, data)

@@ -484,9 +484,22 @@ class VolumetricNet(nn.Module):
         budget: float,
         weight: float = 1.0,
         kind: str = "memory",
+        relative: bool = False,
+        two_sided: bool = False,
     ) -> Tensor:
-        """``weight · relu(expected_cost / budget − 1)``: zero within budget, linear above."""
-        return weight * F.relu(self.expected_cost(arch_weights, kind) / budget - 1.0)
+        """``weight · relu(expected_cost / budget − 1)``: zero within budget, linear above.
+
+        ``relative``: ``budget`` is a fraction of the largest network's cost
+        (every cell at its most expensive op), so one setting fits every
+        input size. ``two_sided``: ``weight · |expected_cost / budget − 1|``
+        holds the cost *at* the budget, as DiNTS's RAM term
+        ``|ram_cost_factor − usage / usage_full|`` does, so the search cannot
+        drift to the cheapest ops just because they train fastest.
+        """
+        if relative:
+            budget = budget * float(self.cost_table(kind).max(dim=1).values.sum())
+        excess = self.expected_cost(arch_weights, kind) / budget - 1.0
+        return weight * (excess.abs() if two_sided else F.relu(excess))
 
 
 def baseline_choices(network: VolumetricNet, op: str) -> list[str]:

@@ -217,6 +217,8 @@ class FoxSearch(Strategy):
             raise ValueError(f"steps must be >= 0, got {steps}")
         self.max_changes = positive_int("max_changes", max_changes)
         self.verify = bool(verify)
+        if latency_warmup < 0:
+            raise ValueError(f"latency_warmup must be >= 0, got {latency_warmup}")
         self.latency_warmup = int(latency_warmup)
         self.latency_repeats = positive_int("latency_repeats", latency_repeats)
         self.samples: list[dict[str, Any]] = []
