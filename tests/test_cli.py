@@ -224,6 +224,8 @@ def test_the_demo_config_ships_inside_the_package():
 
     shipped = files("manifold_nas") / "configs" / "japanese_vowels.yaml"
     assert shipped.is_file() and Path(str(shipped)) == DEMO_CONFIG
-    assert (REPO / "configs" / "spd" / "japanese_vowels.yaml").read_text() == DEMO_CONFIG.read_text()
+    assert (
+        REPO / "configs" / "spd" / "japanese_vowels.yaml"
+    ).read_text() == DEMO_CONFIG.read_text()
     pyproject = (REPO / "pyproject.toml").read_text()
     assert 'manifold_nas = ["configs/*.yaml"]' in pyproject
