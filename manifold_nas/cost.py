@@ -93,6 +93,7 @@ __all__ = [
     "measure_latency",
     "measure_network",
     "measure_op",
+    "preserved_buffers",
     "probe_inputs",
     "training_memory",
     "uniform_weights",
@@ -248,8 +249,8 @@ def _mode(module: nn.Module, training: bool) -> Iterator[nn.Module]:
 
 
 @contextlib.contextmanager
-def _buffers_restored(module: nn.Module) -> Iterator[nn.Module]:
-    """Undo whatever a forward does to the module's buffers (batch-norm running statistics).
+def preserved_buffers(module: nn.Module) -> Iterator[nn.Module]:
+    """Undo whatever the block does to ``module``'s buffers (batch-norm running statistics).
 
     Deep-copying the module instead would fail on modules that hold
     unpicklable attributes (an :class:`~manifold_nas.opset.OpSet`'s mapping
@@ -395,7 +396,7 @@ def training_memory(module: nn.Module, x: Tensor) -> int:
     with (
         torch.enable_grad(),
         _mode(module, training=True),
-        _buffers_restored(module),
+        preserved_buffers(module),
         torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
     ):
         out = module(x)

@@ -30,12 +30,11 @@ it. This module holds what they share:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import random
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -43,7 +42,13 @@ from torch import Tensor, nn
 
 from manifold_nas.cell import ArchSpec, ChosenEdge
 from manifold_nas.contracts import has_cost_model
-from manifold_nas.cost import COST_KINDS, build_cost_table, derived_cost, genotype_choices
+from manifold_nas.cost import (
+    COST_KINDS,
+    build_cost_table,
+    derived_cost,
+    genotype_choices,
+    preserved_buffers,
+)
 from manifold_nas.errors import UserInputError
 from manifold_nas.genotype import Genotype, parse_cells
 from manifold_nas.run import count_parameters
@@ -290,23 +295,6 @@ def _nodes(path: Genotype, specs: Mapping[str, ArchSpec]) -> dict[str, dict[int,
 
 
 # -- batch-norm statistics -----------------------------------------------------------
-@contextlib.contextmanager
-def preserved_buffers(module: nn.Module) -> Iterator[nn.Module]:
-    """Undo whatever the block does to ``module``'s buffers (batch-norm running statistics)."""
-    saved = [
-        (owner, name, buffer, buffer.detach().clone())
-        for owner in module.modules()
-        for name, buffer in owner.named_buffers(recurse=False)
-    ]
-    try:
-        yield module
-    finally:
-        with torch.no_grad():
-            for owner, name, buffer, values in saved:
-                setattr(owner, name, buffer)
-                buffer.copy_(values)
-
-
 def _running_statistics(network: nn.Module) -> list[nn.Module]:
     return [
         m

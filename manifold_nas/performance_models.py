@@ -37,6 +37,7 @@ from manifold_nas.early_stopping import Decision
 from manifold_nas.genotype import Genotype, parse_cells
 from manifold_nas.predictors import (
     LinearPredictor,
+    draw_coefficients,
     feature_names,
     genotype_feature_matrix,
     write_predictor_report,
@@ -327,25 +328,8 @@ def _plot_models(models: PerformanceModels, kind: str, path: Path) -> bool:
     height = 1.4 + 0.26 * max(1, max(len(terms) for _, terms in panels))
     fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), height), squeeze=False)
     for ax, (target, terms) in zip(axes[0], panels):
-        y = np.arange(len(terms))
-        values = np.array([c.value for c in terms])
-        low = np.array([c.ci_low for c in terms])
-        high = np.array([c.ci_high for c in terms])
-        ax.barh(y, values, color=["tab:blue" if v >= 0 else "tab:red" for v in values])
-        finite = np.isfinite(low) & np.isfinite(high)
-        ax.errorbar(
-            (low[finite] + high[finite]) / 2,
-            y[finite],
-            xerr=(high[finite] - low[finite]) / 2,
-            fmt="none",
-            ecolor="black",
-            capsize=2,
-        )
-        ax.set_yticks(y, [c.name for c in terms])
-        ax.axvline(0.0, color="black", linewidth=0.8)
-        unit = models.units.get(target, "")
-        ax.set_xlabel(f"coefficient ({unit}) with 95% CI" if unit else "coefficient with 95% CI")
-        ax.set_title(f"{target} ({'OLS' if kind == 'ols' else 'Lasso'})")
+        title = f"{target} ({'OLS' if kind == 'ols' else 'Lasso'})"
+        draw_coefficients(ax, terms, models.units.get(target, ""), title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -25,6 +25,7 @@ import os
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -40,6 +41,7 @@ __all__ = [
     "decode_genotype",
     "encode_genotypes",
     "encoding_column_names",
+    "draw_coefficients",
     "feature_names",
     "genotype_encoding",
     "genotype_feature_matrix",
@@ -486,23 +488,16 @@ def _fmt_p(p: float) -> str:
     return "< 1e-16" if math.isfinite(p) and p < 1e-16 else _fmt(p)
 
 
-def _plot_coefficients(terms: list[Coefficient], path: Path, title: str, unit: str) -> bool:
-    """Draw the coefficient bar plot; False when matplotlib is not installed."""
-    try:
-        import matplotlib
-    except ImportError:
-        return False
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def draw_coefficients(ax: Any, terms: Sequence[Coefficient], unit: str, title: str) -> None:
+    """Coefficients as horizontal bars (blue positive, red negative) with their 95% intervals.
 
-    shown = list(reversed(terms))  # barh draws bottom-up; largest effect on top
-    values = np.array([t.value for t in shown])
-    low = np.array([t.ci_low for t in shown])
-    high = np.array([t.ci_high for t in shown])
-    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.28 * max(1, len(shown))))
-    y = np.arange(len(shown))
-    colors = ["tab:blue" if v >= 0 else "tab:red" for v in values]
-    ax.barh(y, values, color=colors)
+    ``terms`` are drawn bottom-up; infinite interval ends are left out.
+    """
+    values = np.array([t.value for t in terms])
+    low = np.array([t.ci_low for t in terms])
+    high = np.array([t.ci_high for t in terms])
+    y = np.arange(len(terms))
+    ax.barh(y, values, color=["tab:blue" if v >= 0 else "tab:red" for v in values])
     # Drawn around the interval's own centre: a shrunk Lasso value need not be at its middle.
     finite = np.isfinite(low) & np.isfinite(high)
     ax.errorbar(
@@ -513,10 +508,24 @@ def _plot_coefficients(terms: list[Coefficient], path: Path, title: str, unit: s
         ecolor="black",
         capsize=2,
     )
-    ax.set_yticks(y, [t.name for t in shown])
+    ax.set_yticks(y, [t.name for t in terms])
     ax.axvline(0.0, color="black", linewidth=0.8)
     ax.set_xlabel(f"coefficient ({unit}) with 95% CI" if unit else "coefficient with 95% CI")
     ax.set_title(title)
+
+
+def _plot_coefficients(terms: list[Coefficient], path: Path, title: str, unit: str) -> bool:
+    """Draw the coefficient bar plot; False when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = list(reversed(terms))  # barh draws bottom-up; largest effect on top
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.28 * max(1, len(shown))))
+    draw_coefficients(ax, shown, unit, title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
