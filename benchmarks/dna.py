@@ -50,27 +50,28 @@ from typing import Any
 
 import torch
 import yaml
-from scipy.stats import kendalltau
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import mean_std  # noqa: E402
+from benchmarks.ranking import (  # noqa: E402
+    inherited_scores,
+    kendall_tau,
+    random_architectures,
+    retrain,
+    stand_alone_scores,
+)
 from manifold_nas.block_combiner import Candidate, combine_blocks  # noqa: E402
 from manifold_nas.cell import ChosenEdge  # noqa: E402
-from manifold_nas.config import Config, apply_overrides, load_config, parse_config  # noqa: E402
+from manifold_nas.config import apply_overrides, load_config, parse_config  # noqa: E402
 from manifold_nas.evaluation import evaluate_run  # noqa: E402
 from manifold_nas.genotype import Genotype  # noqa: E402
 from manifold_nas.one_shot import (  # noqa: E402
-    PathSampler,
-    evaluate_path,
-    path_key,
-    recalibration_inputs,
     stream_seed,
 )
 from manifold_nas.run import Run, count_parameters  # noqa: E402
 from manifold_nas.search import search  # noqa: E402
-from manifold_nas.training import train_derived  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 METHODS = ("dna", "random at budget", "bilevel at budget")
@@ -131,37 +132,6 @@ def bilevel_raw(domain: str, seed: int, quick: bool) -> dict[str, Any]:
     if quick:
         raw = apply_overrides(raw, [*QUICK[:2], "search.warmup_epochs=0"])
     return raw
-
-
-def retrain(genotype: Genotype, config: Config, epochs: int | None = None) -> dict[str, Any]:
-    if epochs is not None:
-        config = parse_config(apply_overrides(config.to_dict(), [f"train.epochs={epochs}"]))
-    trained = train_derived(genotype, config, quiet=True)
-    return {
-        "test": trained["test"],
-        "parameters": trained["parameters"],
-        "train_seconds": trained["train_seconds"],
-        "genotype": genotype.to_dict()["cells"],
-    }
-
-
-def random_architectures(run: Run, n: int, seed: int, budget: float | None) -> list[Genotype]:
-    """``n`` distinct uniform random genotypes whose derived network fits ``budget``."""
-    specs = run.build_searchable().arch_specs
-    sampler = PathSampler(specs, run.opset.name, run.opset.zero, seed=seed)
-    found: dict[str, Genotype] = {}
-    for _ in range(200 * n):
-        if len(found) >= n:
-            break
-        path = sampler.draw()
-        if budget is not None:
-            with torch.random.fork_rng(devices=[]):
-                if count_parameters(run.build_derived(path)) > budget:
-                    continue
-        found.setdefault(path_key(path), path)
-    if len(found) < n:
-        raise RuntimeError(f"found only {len(found)} random architectures within {budget}")
-    return list(found.values())
 
 
 def budgeted_decode(result, budget: float) -> Genotype:
@@ -227,17 +197,8 @@ def budgeted_decode(result, budget: float) -> Genotype:
 
 def bilevel_inherited(result, archs: list[Genotype], seed: int) -> list[float]:
     """Each architecture's validation metric in the bilevel supernet (batch norm recalibrated)."""
-    run, strategy = result.run, result.strategy
-    recalibration = recalibration_inputs(run, 4, stream_seed(seed, "recalibration"))
-    primary = run.task.primary_metric
-    return [
-        float(
-            evaluate_path(run, strategy.supernet, a, strategy.supernet.specs, recalibration)[
-                primary
-            ]
-        )
-        for a in archs
-    ]
+    supernet = result.strategy.supernet
+    return inherited_scores(result.run, supernet, supernet.specs, archs, 4, seed)
 
 
 def short_training(raw: dict[str, Any], archs: list[Genotype], epochs: int) -> list[float]:
@@ -250,11 +211,6 @@ def short_training(raw: dict[str, Any], archs: list[Genotype], epochs: int) -> l
                            loader_seed=stream_seed(run.config.seed, f"random {k}"))  # fmt: skip
         scores.append(float(result.last_valid[run.task.primary_metric]))
     return scores
-
-
-def tau(x: list[float], y: list[float]) -> float:
-    value = kendalltau(x, y).statistic
-    return float(value) if value == value else float("nan")
 
 
 def run_domain(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -321,15 +277,8 @@ def run_domain(name: str, args: argparse.Namespace) -> dict[str, Any]:
             scores["dna"][str(seed)] = [-v for v in dna.strategy.score_genotypes(run, archs)]
             scores["bilevel"][str(seed)] = bilevel_inherited(bilevel, archs, seed)
             scores["random"][str(seed)] = short_training(raw, archs, args.random_epochs)
-    standalone = []
     tau_config = parse_config(dna_raw(name, 0, quick))
-    for k, arch in enumerate(archs):
-        trained = retrain(arch, tau_config, args.tau_epochs)
-        standalone.append(float(trained["test"][metric]))
-        print(
-            f"{name} stand-alone architecture {k + 1}/{len(archs)}: {standalone[-1]:.4f}",
-            flush=True,
-        )
+    standalone = stand_alone_scores(archs, tau_config, args.tau_epochs, metric, name)
     return {
         "domain": name,
         "metric": metric,
@@ -345,7 +294,8 @@ def run_domain(name: str, args: argparse.Namespace) -> dict[str, Any]:
             "random_epochs": args.random_epochs,
             "scores": scores,
             "tau": {
-                k: [tau(v, standalone) for v in by_seed.values()] for k, by_seed in scores.items()
+                k: [kendall_tau(v, standalone) for v in by_seed.values()]
+                for k, by_seed in scores.items()
             },
         },
     }

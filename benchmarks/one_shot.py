@@ -45,24 +45,24 @@ from typing import Any
 
 import torch
 import yaml
-from scipy.stats import kendalltau
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import mean_std  # noqa: E402
+from benchmarks.ranking import (  # noqa: E402
+    inherited_scores,
+    kendall_tau,
+    random_architectures,
+    retrain,
+    stand_alone_scores,
+)
 from manifold_nas.config import Config, apply_overrides, load_config, parse_config  # noqa: E402
 from manifold_nas.genotype import Genotype  # noqa: E402
 from manifold_nas.one_shot import (  # noqa: E402
-    PathSampler,
-    evaluate_path,
-    path_key,
-    recalibration_inputs,
     stream_seed,
 )
-from manifold_nas.run import Run  # noqa: E402
 from manifold_nas.search import search  # noqa: E402
-from manifold_nas.training import train_derived  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 STRATEGIES = ("cream", "spos (uniform)", "bilevel", "random search")
@@ -169,46 +169,6 @@ def run_search(strategy: str, path: str, overrides: list[str], seed: int, out: P
     return result, time.perf_counter() - started
 
 
-def retrain(genotype: Genotype, config: Config) -> dict[str, Any]:
-    trained = train_derived(genotype, config, quiet=True)
-    return {
-        "test": trained["test"],
-        "parameters": trained["parameters"],
-        "train_seconds": trained["train_seconds"],
-    }
-
-
-def ranking_paths(run: Run, n: int) -> list[Genotype]:
-    """``n`` distinct random paths of the space, the same for every seed."""
-    specs = run.build_searchable().arch_specs
-    sampler = PathSampler(specs, run.opset.name, run.opset.zero, seed=stream_seed(12345, "tau"))
-    paths: dict[str, Genotype] = {}
-    for _ in range(100 * n):
-        if len(paths) >= n:
-            break
-        path = sampler.draw()
-        paths.setdefault(path_key(path), path)
-    return list(paths.values())
-
-
-def inherited_scores(result, paths: list[Genotype], seed: int) -> list[float]:
-    """Each path's validation metric in ``result``'s supernet (batch norm recalibrated)."""
-    run, strategy = result.run, result.strategy
-    recalibration = recalibration_inputs(
-        run, strategy.recalibration_batches, stream_seed(seed, "recalibration")
-    )
-    primary = run.task.primary_metric
-    return [
-        float(evaluate_path(run, strategy.supernet, p, strategy.specs, recalibration)[primary])
-        for p in paths
-    ]
-
-
-def tau(x: list[float], y: list[float]) -> float:
-    value = kendalltau(x, y).statistic
-    return float(value) if value == value else float("nan")
-
-
 def run_domain(name: str, seeds: list[int], quick: bool, tau_paths: int, tau_epochs: int | None):
     domain = DOMAINS[name]
     plans = search_overrides(domain, quick)
@@ -241,15 +201,19 @@ def run_domain(name: str, seeds: list[int], quick: bool, tau_paths: int, tau_epo
                 )
                 if slug in inherited:
                     if not paths:
-                        paths = ranking_paths(result.run, tau_paths)
-                    inherited[slug][str(seed)] = inherited_scores(result, paths, seed)
-    standalone = []
-    for k, path in enumerate(paths):
-        trained = retrain(path, retrain_config(domain, 0, quick, tau_epochs))
-        standalone.append(float(trained["test"][metric]))
-        print(f"{name} stand-alone path {k + 1}/{len(paths)}: {standalone[-1]:.4f}", flush=True)
+                        paths = random_architectures(
+                            result.run, tau_paths, stream_seed(12345, "tau")
+                        )
+                    strategy = result.strategy
+                    inherited[slug][str(seed)] = inherited_scores(
+                        result.run, strategy.supernet, strategy.specs, paths,
+                        strategy.recalibration_batches, seed,
+                    )  # fmt: skip
+    standalone = stand_alone_scores(
+        paths, retrain_config(domain, 0, quick, tau_epochs), None, metric, name
+    )
     taus = {
-        kind: [tau(scores, standalone) for scores in by_seed.values()]
+        kind: [kendall_tau(scores, standalone) for scores in by_seed.values()]
         for kind, by_seed in inherited.items()
     }
     return {
