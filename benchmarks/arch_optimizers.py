@@ -1,7 +1,7 @@
 """Architecture geometry and optimizer: Adam on logits vs EG vs Riemannian optimizers.
 
     python -m benchmarks.arch_optimizers [--domains vision spd] [--seeds 0 1 2] [--search-epochs N]
-                                         [--spd-data ROW] [--quick]
+                                         [--spd-data ROW] [--lr-scale S] [--quick]
 
 For every domain config and seed, search with each architecture
 parametrisation/optimizer pair below, retrain the derived cell, and report
@@ -13,8 +13,10 @@ shared; ``--search-epochs`` lengthens every search alike, to see whether the
 geometry matters once the distributions have had time to move;
 ``--spd-data`` runs the SPD rows on another data set of
 :data:`benchmarks.spd_baselines.ROWS` with the recipe (and batch-size rule)
-of ``benchmarks/spd_search.py``. Writes
-``benchmarks/results/arch_optimizers[_<data>][_<epochs>ep].json`` and prints a
+of ``benchmarks/spd_search.py``; ``--lr-scale`` multiplies every
+architecture step size alike (the defaults below barely leave the uniform
+distribution in 100 steps; 10 gives the demo's Adam step). Writes
+``benchmarks/results/arch_optimizers[_<data>][_<epochs>ep][_lr<S>x].json`` and prints a
 table.
 """
 
@@ -70,6 +72,12 @@ def main() -> None:
         "--spd-data", choices=list(ROWS), default=None, help="SPD data set (default: the config's)"
     )
     parser.add_argument(
+        "--lr-scale",
+        type=float,
+        default=1.0,
+        help="multiply every architecture learning rate (10: the demo's Adam step of 3e-2)",
+    )
+    parser.add_argument(
         "--variants", type=int, nargs="+", default=None, help="indices into VARIANTS (default: all)"
     )
     parser.add_argument("--out", default=None)
@@ -80,6 +88,7 @@ def main() -> None:
         overrides.append(f"search.epochs={args.search_epochs}")
     suffix = f"_{args.spd_data}" if args.spd_data else ""
     suffix += f"_{args.search_epochs}ep" if args.search_epochs else ""
+    suffix += f"_lr{args.lr_scale:g}x" if args.lr_scale != 1.0 else ""
     args.out = args.out or f"benchmarks/results/arch_optimizers{suffix}.json"
     results: dict[str, dict[str, list]] = {}
     lines = [
@@ -97,7 +106,10 @@ def main() -> None:
                     continue
                 raw = apply_overrides(base, [])
                 raw["relaxation"] = relaxation
-                raw["search"]["arch_optimizer"] = optimizer
+                raw["search"]["arch_optimizer"] = {
+                    **optimizer,
+                    "lr": optimizer["lr"] * args.lr_scale,
+                }
                 runs = [
                     search_and_retrain(raw, s, Path(tmp) / f"{domain}{k}_{s}") for s in args.seeds
                 ]
