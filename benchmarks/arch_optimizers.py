@@ -9,7 +9,8 @@ test accuracy (mean ± std), the parameter-free ops of the final argmax cell,
 how decided the final distribution is (mean edge entropy as a fraction of its
 maximum, and the top-2 margin) and the search wall-clock. Everything else in
 the config (weights, data, epochs, hence the number of architecture steps) is
-shared; ``--search-epochs`` lengthens every search alike, to see whether the
+shared, and any entropy term of the config is switched off;
+``--search-epochs`` lengthens every search alike, to see whether the
 geometry matters once the distributions have had time to move;
 ``--spd-data`` runs the SPD rows on another data set of
 :data:`benchmarks.spd_baselines.ROWS` with the recipe (and batch-size rule)
@@ -106,6 +107,7 @@ def main() -> None:
                     continue
                 raw = apply_overrides(base, [])
                 raw["relaxation"] = relaxation
+                raw["search"]["entropy_weight"] = 0.0  # the geometry alone decides
                 raw["search"]["arch_optimizer"] = {
                     **optimizer,
                     "lr": optimizer["lr"] * args.lr_scale,
