@@ -55,7 +55,7 @@ VARIANTS = [
 
 def spd_recipe(row: str, overrides: list[str]) -> dict:
     """``benchmarks/spd_search.py``'s recipe on the SPD data set ``row``."""
-    import domains.spd  # noqa: F401  (registers the SPD data sets)
+    import manifold_nas.domains.spd  # noqa: F401  (registers the SPD data sets)
     from manifold_nas.data import DATASETS
 
     _, builder, options = ROWS[row]

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from manifold_nas.block_combiner import combine_at_budgets, combine_blocks, pareto_front
+from manifold_nas.strategies.dna.combiner import combine_at_budgets, combine_blocks, pareto_front
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL_SIZES = [(6, 216), (6, 1296), (8, 1296)]

@@ -9,12 +9,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from manifold_nas.cell import ArchSpec
 from manifold_nas.config import apply_overrides, load_config, parse_config
-from manifold_nas.genotype import Genotype
-from manifold_nas.sampling import random_genotype as sample_genotype
+from manifold_nas.run.retrain import train_derived
 from manifold_nas.search import search
-from manifold_nas.training import train_derived
+from manifold_nas.space.cell import ArchSpec
+from manifold_nas.space.genotype import Genotype
+from manifold_nas.space.sampling import random_genotype as sample_genotype
 
 __all__ = [
     "config_dict",

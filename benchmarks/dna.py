@@ -13,7 +13,7 @@ For every domain (``--domains``) and seed (``--seeds``):
   ``train:``, then the most probable genotype within the budget: per node,
   the kept edges and ops maximising the summed log-probability of the final
   architecture distribution, subject to the derived network's parameters
-  ``<= budget``, solved exactly by :func:`manifold_nas.block_combiner.combine_blocks`
+  ``<= budget``, solved exactly by :func:`manifold_nas.strategies.dna.combiner.combine_blocks`
   (parameters are additive over edges);
 * ``teacher``: the teacher trained inside the DNA search, tested as is
   (``RUN/teacher`` is a run directory), for the gap to the teacher.
@@ -62,16 +62,14 @@ from benchmarks.ranking import (  # noqa: E402
     retrain,
     stand_alone_scores,
 )
-from manifold_nas.block_combiner import Candidate, combine_blocks  # noqa: E402
-from manifold_nas.cell import ChosenEdge  # noqa: E402
 from manifold_nas.config import apply_overrides, load_config, parse_config  # noqa: E402
-from manifold_nas.evaluation import evaluate_run  # noqa: E402
-from manifold_nas.genotype import Genotype  # noqa: E402
-from manifold_nas.one_shot import (  # noqa: E402
-    stream_seed,
-)
-from manifold_nas.run import Run, count_parameters  # noqa: E402
+from manifold_nas.run.context import Run, count_parameters  # noqa: E402
+from manifold_nas.run.evaluation import evaluate_run  # noqa: E402
 from manifold_nas.search import search  # noqa: E402
+from manifold_nas.space.cell import ChosenEdge  # noqa: E402
+from manifold_nas.space.genotype import Genotype  # noqa: E402
+from manifold_nas.strategies.dna.combiner import Candidate, combine_blocks  # noqa: E402
+from manifold_nas.strategies.one_shot.paths import stream_seed  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 METHODS = ("dna", "random at budget", "bilevel at budget")

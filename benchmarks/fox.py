@@ -62,22 +62,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from manifold_nas.config import apply_overrides, load_config, parse_config  # noqa: E402
-from manifold_nas.cost_budget import GenotypeCost, example_input, measure_genotype  # noqa: E402
-from manifold_nas.genotype import Genotype  # noqa: E402
-from manifold_nas.performance_models import (  # noqa: E402
+from manifold_nas.cost.budget import GenotypeCost  # noqa: E402
+from manifold_nas.predictors.performance import (  # noqa: E402
     PREDICTOR_KINDS,
-    PredictorFilter,
     Quality,
     held_out_quality,
     kendall_tau,
     r_squared,
 )
-from manifold_nas.run import Run  # noqa: E402
-from manifold_nas.sampling import random_genotype  # noqa: E402
+from manifold_nas.run.context import Run  # noqa: E402
+from manifold_nas.run.retrain import train_derived  # noqa: E402
 from manifold_nas.search import search  # noqa: E402
-from manifold_nas.strategies.evolution import RegularizedEvolution  # noqa: E402
-from manifold_nas.strategies.random_search import RandomSearch  # noqa: E402
-from manifold_nas.training import train_derived  # noqa: E402
+from manifold_nas.space.genotype import Genotype  # noqa: E402
+from manifold_nas.space.sampling import random_genotype  # noqa: E402
+from manifold_nas.strategies.multi_trial.evolution import RegularizedEvolution  # noqa: E402
+from manifold_nas.strategies.multi_trial.filters import PredictorFilter  # noqa: E402
+from manifold_nas.strategies.multi_trial.random_search import RandomSearch  # noqa: E402
 
 PARTS = ("predictors", "search", "report")
 RESULTS = ROOT / "benchmarks" / "results"
@@ -204,12 +204,11 @@ def latency_budget(config: dict[str, Any]) -> tuple[float, list[float]]:
     """The median end-to-end latency of random sub-networks (about half the space fits)."""
     run = Run(parse_config(config), quiet=True)
     specs = run.build_searchable().arch_specs
-    x = example_input(run)
+    x = run.example_input()
     options = config["strategy"]
     rng = random.Random(config["seed"] + 17)
     latencies = [
-        measure_genotype(
-            run,
+        run.measure_genotype(
             random_genotype(specs, run.opset.name, run.opset.zero, rng),
             x,
             warmup=options.get("latency_warmup", 3),
@@ -240,7 +239,7 @@ def evaluate_design(
     parsed = parse_config(config)
     trained = train_derived(genotype, parsed, out, quiet=True)
     run = Run(parsed, quiet=True)
-    measured = measure_genotype(run, genotype, example_input(run), repeats=repeats)
+    measured = run.measure_genotype(genotype, run.example_input(), repeats=repeats)
     return {
         "test": trained["test"],
         "parameters": trained["parameters"],

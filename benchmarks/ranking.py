@@ -16,16 +16,16 @@ import torch
 from scipy.stats import kendalltau
 
 from manifold_nas.config import Config, apply_overrides, parse_config
-from manifold_nas.genotype import Genotype
-from manifold_nas.one_shot import (
+from manifold_nas.run.context import Run, count_parameters
+from manifold_nas.run.retrain import train_derived
+from manifold_nas.space.genotype import Genotype
+from manifold_nas.strategies.one_shot.paths import (
     PathSampler,
     evaluate_path,
     path_key,
     recalibration_inputs,
     stream_seed,
 )
-from manifold_nas.run import Run, count_parameters
-from manifold_nas.training import train_derived
 
 __all__ = [
     "inherited_scores",

@@ -12,7 +12,7 @@ apart from those listed (nothing is downloaded; aeon ships the series):
 the table gives the matrix size, classes, train/test sizes, MDM test accuracy
 and tangent space + logistic regression test accuracy with ``C`` chosen by
 5-fold stratified cross-validation on the training set
-(:func:`domains.spd.baselines.tangent_space_lr_accuracy`). Both are
+(:func:`manifold_nas.domains.spd.baselines.tangent_space_lr_accuracy`). Both are
 deterministic, so one run is the result.
 
 Writes ``benchmarks/results/spd_baselines.json`` and prints a markdown table.
@@ -39,13 +39,9 @@ from threadpoolctl import threadpool_limits
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import domains.spd  # noqa: E402, F401  (registers the SPD builders)
-from domains.spd.baselines import (  # noqa: E402
-    DEFAULT_CS,
-    mdm_accuracy,
-    tangent_space_lr_accuracy,
-)
+import manifold_nas.domains.spd  # noqa: E402, F401  (registers the SPD builders)
 from manifold_nas.data import DATASETS  # noqa: E402
+from manifold_nas.domains.spd.baselines import DEFAULT_CS, mdm_accuracy, tangent_space_lr_accuracy  # noqa: E402
 
 #: row key -> (label, builder, builder options)
 ROWS: dict[str, tuple[str, str, dict[str, Any]]] = {

@@ -20,7 +20,7 @@ Rows per data set, each over ``--seeds`` seeds (mean ± std of test accuracy):
   ``n -> n // 2``, LogEig head), the recipe's training;
 * ``mdm`` and ``ts_lr``: pyRiemann minimum distance to mean and tangent
   space + logistic regression with ``C`` by 5-fold cross-validation
-  (deterministic; :mod:`domains.spd.baselines`).
+  (deterministic; :mod:`manifold_nas.domains.spd.baselines`).
 
 ``--set section.key=value`` changes the recipe for every learned row, which
 is how the ablations of the README were run. Writes
@@ -105,13 +105,13 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
     """One (data set, method, seed) cell of the table, in a worker process."""
     from threadpoolctl import threadpool_limits
 
-    import domains.spd  # noqa: F401  (registers the SPD builders in a spawned worker)
+    import manifold_nas.domains.spd  # noqa: F401  (registers the SPD builders in a spawned worker)
     from benchmarks.common import random_genotype
     from manifold_nas.config import parse_config
-    from manifold_nas.genotype import Genotype
-    from manifold_nas.run import build_data, build_network
+    from manifold_nas.run.context import build_data, build_network
+    from manifold_nas.run.retrain import train_derived
     from manifold_nas.search import search
-    from manifold_nas.training import train_derived
+    from manifold_nas.space.genotype import Genotype
 
     method, seed = task["method"], task["seed"]
     raw = recipe(
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [*args.overrides, *(QUICK if args.quick else [])]
     methods = list(args.methods)
 
-    import domains.spd  # noqa: F401
+    import manifold_nas.domains.spd  # noqa: F401
     from manifold_nas.data import DATASETS
 
     started = time.perf_counter()

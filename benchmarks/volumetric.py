@@ -42,7 +42,7 @@ import torch
 
 from benchmarks.common import config_dict, mean_std, search_and_retrain, train_fixed
 from manifold_nas.config import Config, parse_config
-from manifold_nas.run import build_data
+from manifold_nas.run.context import build_data
 
 __all__ = [
     "baseline_configs",
@@ -115,7 +115,7 @@ def _search_job(raw: Mapping[str, Any], seed: int, out: Path) -> dict[str, Any]:
 def _dints_job(
     patch_size: Sequence[int], in_channels: int, num_classes: int, batch: int
 ) -> dict[str, Any]:
-    from domains.volumetric.baselines import dints_smoke
+    from manifold_nas.domains.volumetric.baselines import dints_smoke
 
     return dints_smoke(patch_size, in_channels, num_classes, batch_size=batch)
 
@@ -147,7 +147,7 @@ def matched_unet_channels(
 
     ``m`` runs over ``1/16, 2/16, …, 4``; returns the widths and their count.
     """
-    from domains.volumetric.baselines import MonaiUNetBaseline
+    from manifold_nas.domains.volumetric.baselines import MonaiUNetBaseline
 
     best: tuple[int, list[int], int] | None = None
     for sixteenths in range(1, 65):
@@ -176,7 +176,7 @@ def baseline_configs(
 
 
 def _parameters(raw: Mapping[str, Any], bundle: Any) -> int:
-    from manifold_nas.run import build_network
+    from manifold_nas.run.context import build_network
 
     network, _ = build_network(parse_config(raw), bundle)
     return sum(p.numel() for p in network.parameters())

@@ -1,5 +1,5 @@
 """Domain op sets, macro networks and datasets.
 
-Each subpackage (``domains.vision``, ...) registers its op sets, networks and
+Each subpackage (``manifold_nas.domains.vision``, ...) registers its op sets, networks and
 datasets in the core registries when imported.
 """

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from manifold_nas.errors import UserInputError
-from manifold_nas.interrupts import Terminated, raise_on_sigterm
+from manifold_nas.run.interrupts import Terminated, raise_on_sigterm
 
 __all__ = ["main"]
 
@@ -110,14 +110,14 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def _is_main_process() -> bool:
     """False on the ranks > 0 of a torchrun launch, which stay silent."""
-    from manifold_nas.distributed import current_world
+    from manifold_nas.run.distributed import current_world
 
     return current_world().is_main
 
 
 def _load_genotype_and_config(target: str, overrides: Sequence[str]):
     from manifold_nas.config import apply_overrides, load_config, parse_config
-    from manifold_nas.genotype import Genotype
+    from manifold_nas.space.genotype import Genotype
 
     path = Path(target)
     if not path.exists():
@@ -140,8 +140,8 @@ def _load_genotype_and_config(target: str, overrides: Sequence[str]):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from manifold_nas.opset import OPSETS
-    from manifold_nas.training import train_derived
+    from manifold_nas.run.retrain import train_derived
+    from manifold_nas.space.opset import OPSETS
 
     genotype, config, run_dir = _load_genotype_and_config(args.target, args.overrides)
     if genotype.cells:
@@ -165,9 +165,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     """Check a config end to end without training: keys, data, network, strategy."""
     from manifold_nas.config import load_config
-    from manifold_nas.config_check import check_config
-    from manifold_nas.run import Run, build_network, count_parameters
-    from manifold_nas.search import build_strategy
+    from manifold_nas.run.context import Run, build_network, count_parameters
+    from manifold_nas.search import build_strategy, check_config
 
     config = load_config(args.config, args.overrides)
     check_config(config)
@@ -215,7 +214,8 @@ def cmd_cost(args: argparse.Namespace) -> int:
     (not cached for a config without ``--out``); a run with a genotype also
     gets its derived network measured end to end.
     """
-    from manifold_nas.cost import (
+    from manifold_nas.cost.budget import network_cost_values
+    from manifold_nas.cost.table import (
         CostLUT,
         build_cost_table,
         derived_cost,
@@ -223,8 +223,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
         genotype_choices,
         measure_network,
     )
-    from manifold_nas.cost_budget import example_input, network_cost_values
-    from manifold_nas.run import Run
+    from manifold_nas.run.context import Run
 
     if args.repeats < 1 or args.warmup < 0:
         raise UserInputError("--repeats must be >= 1 and --warmup >= 0")
@@ -232,7 +231,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else run_dir
     run = Run(config, quiet=True)
     network = run.build_searchable().to(run.device)
-    x = example_input(run)
+    x = run.example_input()
     latency = not args.no_latency
     lut = CostLUT(out)
     table = build_cost_table(
@@ -269,7 +268,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from manifold_nas.evaluation import evaluate_run
+    from manifold_nas.run.evaluation import evaluate_run
 
     result = evaluate_run(args.run_dir)
     print(json.dumps(result, indent=2))
@@ -277,7 +276,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from manifold_nas.plotting import plot_run
+    from manifold_nas.run.plotting import plot_run
 
     for path in plot_run(args.run_dir):
         print(path)
@@ -285,7 +284,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from manifold_nas.evaluation import predict_run
+    from manifold_nas.run.evaluation import predict_run
 
     for path in predict_run(args.run_dir, args.inputs, args.output):
         print(path)
@@ -293,8 +292,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from manifold_nas.plotting import plot_run
-    from manifold_nas.training import train_derived
+    from manifold_nas.run.plotting import plot_run
+    from manifold_nas.run.retrain import train_derived
 
     config_path = args.config or str(DEMO_CONFIG)
     out = Path(args.out) if args.out else _default_out(config_path)
@@ -324,7 +323,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _demo_baseline(config: Any) -> dict[str, Any] | None:
     """The data set's own classical baseline (``DataBundle.baseline``), if it declares one."""
-    from manifold_nas.run import build_data
+    from manifold_nas.run.context import build_data
 
     bundle = build_data(config)
     return None if bundle.baseline is None else dict(bundle.baseline(bundle))

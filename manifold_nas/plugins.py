@@ -19,11 +19,11 @@ ENTRY_POINT_PREFIX = "manifold_nas."
 def all_registries() -> dict[str, Registry]:
     """Every registry of the core, by the kind name ``manifold-nas list`` uses."""
     from manifold_nas.data import DATASETS
-    from manifold_nas.networks import NETWORKS
-    from manifold_nas.opset import OPSETS
     from manifold_nas.optim import ARCH_OPTIMIZERS
-    from manifold_nas.relaxations import RELAXATIONS
-    from manifold_nas.selection import SELECTORS
+    from manifold_nas.space.networks import NETWORKS
+    from manifold_nas.space.opset import OPSETS
+    from manifold_nas.space.relaxations import RELAXATIONS
+    from manifold_nas.space.selection import SELECTORS
     from manifold_nas.strategies import STRATEGIES
 
     return {

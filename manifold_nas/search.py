@@ -20,19 +20,54 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from manifold_nas.config import Config, call_with_options, split_name
-from manifold_nas.config_check import check_config
-from manifold_nas.contracts import has_cost_model
-from manifold_nas.distributed import check_batch_norm_sync, current_world
+from manifold_nas.config import Config, call_with_options, check_options, split_name
+from manifold_nas.data import DATASETS
 from manifold_nas.errors import UserInputError
-from manifold_nas.genotype import Genotype
-from manifold_nas.run import Run, count_parameters
-from manifold_nas.rundir import RunDirectory
+from manifold_nas.optim import ARCH_OPTIMIZERS
+from manifold_nas.run.context import Run, count_parameters
+from manifold_nas.run.directory import RunDirectory
+from manifold_nas.run.distributed import check_batch_norm_sync, current_world
+from manifold_nas.space.contracts import has_cost_model
+from manifold_nas.space.genotype import Genotype
+from manifold_nas.space.networks import NETWORKS
+from manifold_nas.space.opset import OPSETS
+from manifold_nas.space.relaxations import RELAXATIONS
+from manifold_nas.space.selection import SELECTORS
 from manifold_nas.strategies import STRATEGIES, Strategy
 
 LOGGER = logging.getLogger("manifold_nas")
 
-__all__ = ["SearchResult", "build_strategy", "search"]
+__all__ = ["SearchResult", "build_strategy", "check_config", "search"]
+
+
+# -- checking a whole config before any data is loaded ---------------------------
+def _check_section(registry, section: dict, where: str, n_positional: int = 0) -> None:
+    name, options = split_name(section)
+    check_options(registry.get(name), options, where, n_positional)
+
+
+def check_optimizer(section: dict, where: str) -> None:
+    """The optimizer exists and takes these options (``self`` and ``params`` aside)."""
+    name, options = split_name(section)
+    check_options(ARCH_OPTIMIZERS.get(name).__init__, options, where, n_positional=2)
+
+
+def check_config(config: Config) -> None:
+    """Refuse any unknown component or option of ``config`` with a one-line error."""
+    _check_section(DATASETS, config.data, "data")
+    name, options = split_name(config.network)
+    if "opset" not in options:
+        raise UserInputError("config section 'network' needs key 'opset'")
+    OPSETS.get(str(options.pop("opset")))
+    builder = NETWORKS.get(name)
+    check_options(builder, options, "network", n_positional=3)
+    check_options(builder, {**options, **config.train.network}, "train.network", n_positional=3)
+    _check_section(RELAXATIONS, config.relaxation, "relaxation")
+    _check_section(SELECTORS, config.selection, "selection")
+    _check_section(STRATEGIES, config.strategy, "strategy")
+    check_optimizer(config.search.weight_optimizer, "search.weight_optimizer")
+    check_optimizer(config.search.arch_optimizer, "search.arch_optimizer")
+    check_optimizer(config.train.optimizer, "train.optimizer")
 
 
 @dataclass

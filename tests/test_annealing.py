@@ -7,15 +7,15 @@ import itertools
 import numpy as np
 import pytest
 
-from manifold_nas.annealing import (
+from manifold_nas.predictors.linear import NOT_KEPT, decode_genotype, genotype_encoding
+from manifold_nas.space.cell import cell_arch_spec
+from manifold_nas.strategies.fox.annealing import (
     anneal,
     genotype_key,
     genotype_neighbours,
     random_genotype,
     temperatures,
 )
-from manifold_nas.cell import cell_arch_spec
-from manifold_nas.predictors import NOT_KEPT, decode_genotype, genotype_encoding
 
 DARTS_OPS = (
     "none",

@@ -19,7 +19,7 @@ from manifold_nas.optim import (
     SphereRelaxation,
     build_optimizer,
 )
-from manifold_nas.relaxations import RELAXATIONS
+from manifold_nas.space.relaxations import RELAXATIONS
 
 EDGES, OPS = 6, 5
 

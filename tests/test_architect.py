@@ -6,11 +6,11 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from manifold_nas.architect import Architect
-from manifold_nas.cell import ArchSpec
 from manifold_nas.optim import Simplex, SimplexRelaxation
-from manifold_nas.relaxations import SoftmaxRelaxation
-from manifold_nas.supernet import ArchitectureParameters, Supernet
+from manifold_nas.space.cell import ArchSpec
+from manifold_nas.space.relaxations import SoftmaxRelaxation
+from manifold_nas.space.supernet import ArchitectureParameters, Supernet
+from manifold_nas.strategies.bilevel.architect import Architect
 
 
 class TinyMixture(nn.Module):

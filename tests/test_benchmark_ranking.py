@@ -9,8 +9,8 @@ import torch
 
 from benchmarks.ranking import kendall_tau, random_architectures
 from manifold_nas.config import parse_config
-from manifold_nas.one_shot import path_key
-from manifold_nas.run import Run, count_parameters
+from manifold_nas.run.context import Run, count_parameters
+from manifold_nas.strategies.one_shot.paths import path_key
 from tests.support import TINY_SPD
 
 

@@ -10,14 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from manifold_nas.block_combiner import (
+from manifold_nas.errors import UserInputError
+from manifold_nas.strategies.dna.combiner import (
     Candidate,
     Combination,
     combine_at_budgets,
     combine_blocks,
     pareto_front,
 )
-from manifold_nas.errors import UserInputError
 
 
 def left_sum(values):

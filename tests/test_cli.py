@@ -8,9 +8,9 @@ import pytest
 import torch
 import yaml
 
-from manifold_nas.cell import ChosenEdge
 from manifold_nas.cli import main
-from manifold_nas.genotype import Genotype
+from manifold_nas.space.cell import ChosenEdge
+from manifold_nas.space.genotype import Genotype
 
 REPO = Path(__file__).resolve().parents[1]
 

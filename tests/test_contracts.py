@@ -14,18 +14,18 @@ import random
 import pytest
 import torch
 
-from manifold_nas.cell import ArchSpec, cell_arch_spec
 from manifold_nas.config import parse_config
-from manifold_nas.contracts import SearchableNetwork, check_searchable
 from manifold_nas.errors import UserInputError
-from manifold_nas.genotype import Genotype
-from manifold_nas.networks import NETWORKS
-from manifold_nas.opset import OPSETS
-from manifold_nas.relaxations import RELAXATIONS
-from manifold_nas.run import Run, build_network, count_parameters
-from manifold_nas.sampling import genotype_weights, random_genotype
+from manifold_nas.run.context import Run, build_network, count_parameters
 from manifold_nas.search import search
-from manifold_nas.selection import SELECTORS
+from manifold_nas.space.cell import ArchSpec, cell_arch_spec
+from manifold_nas.space.contracts import SearchableNetwork, check_searchable
+from manifold_nas.space.genotype import Genotype
+from manifold_nas.space.networks import NETWORKS
+from manifold_nas.space.opset import OPSETS
+from manifold_nas.space.relaxations import RELAXATIONS
+from manifold_nas.space.sampling import genotype_weights, random_genotype
+from manifold_nas.space.selection import SELECTORS
 from manifold_nas.strategies import STRATEGIES, Strategy
 
 BUILTIN_OPSETS = {"darts", "nb201", "spd", "volumetric"}

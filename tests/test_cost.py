@@ -8,14 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from domains.spd.networks import SPDNetNAS
-from domains.spd.ops import NORMAL_OPS, REDUCE_OPS
-from domains.vision.networks import DartsNetwork
-from domains.volumetric.network import ARCH_KEY, VolumetricNet
-from manifold_nas import cost
-from manifold_nas.cell import ChosenEdge, SearchCell
-from manifold_nas.genotype import Genotype
-from manifold_nas.opset import OPSETS
+from manifold_nas.cost import measure as cost
+from manifold_nas.domains.spd.networks import SPDNetNAS
+from manifold_nas.domains.spd.ops import NORMAL_OPS, REDUCE_OPS
+from manifold_nas.domains.vision.networks import DartsNetwork
+from manifold_nas.domains.volumetric.network import ARCH_KEY, VolumetricNet
+from manifold_nas.space.cell import ChosenEdge, SearchCell
+from manifold_nas.space.genotype import Genotype
+from manifold_nas.space.opset import OPSETS
 
 FAST = {"warmup": 0, "repeats": 2}
 

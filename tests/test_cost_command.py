@@ -8,7 +8,7 @@ import yaml
 from conftest import TINY_VISION
 
 from manifold_nas.cli import main
-from manifold_nas.cost import LUT_FILENAME
+from manifold_nas.cost.table import LUT_FILENAME
 
 
 def table_rows(out: str) -> list[list[str]]:

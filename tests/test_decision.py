@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from manifold_nas.config import parse_config
-from manifold_nas.diagnostics import decision
-from manifold_nas.relaxations import SoftmaxRelaxation, SparsemaxRelaxation, entropy
-from manifold_nas.run import Run
+from manifold_nas.run.context import Run
 from manifold_nas.search import search
-from manifold_nas.strategies.bilevel import BilevelStrategy
+from manifold_nas.space.diagnostics import decision
+from manifold_nas.space.relaxations import SoftmaxRelaxation, SparsemaxRelaxation, entropy
+from manifold_nas.strategies.bilevel.strategy import BilevelStrategy
 
 
 def test_decision_is_one_for_uniform_and_zero_for_one_hot_rows():

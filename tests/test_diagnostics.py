@@ -2,8 +2,8 @@
 
 import torch
 
-from manifold_nas.cell import cell_arch_spec
-from manifold_nas.diagnostics import dominant_hessian_eigenvalue, parameter_free_count
+from manifold_nas.space.cell import cell_arch_spec
+from manifold_nas.space.diagnostics import dominant_hessian_eigenvalue, parameter_free_count
 
 
 def test_power_iteration_finds_the_dominant_eigenvalue_of_a_quadratic():

@@ -32,8 +32,8 @@ PLUGIN = textwrap.dedent(
     """
     from torch import nn
 
-    from manifold_nas.cell import SearchCell, DerivedCell, cell_arch_spec, cell_edge_specs
-    from manifold_nas.opset import OpSet
+    from manifold_nas.space.cell import SearchCell, DerivedCell, cell_arch_spec, cell_edge_specs
+    from manifold_nas.space.opset import OpSet
 
     def conv(spec):
         return nn.Sequential(nn.ReLU(), nn.Conv2d(spec.c_in, spec.c_out, 3, spec.stride, 1))
@@ -150,8 +150,8 @@ def alphas(out: Path) -> dict[str, torch.Tensor]:
 
 
 def reference(plugin, monkeypatch, tmp_path, cfg_dict):
-    from manifold_nas.networks import NETWORKS
-    from manifold_nas.opset import OPSETS
+    from manifold_nas.space.networks import NETWORKS
+    from manifold_nas.space.opset import OPSETS
 
     monkeypatch.syspath_prepend(str(plugin))
     OPSETS.reload_entry_points()
@@ -242,7 +242,7 @@ def test_a_single_process_search_never_initialises_torch_distributed(tiny_config
 def test_the_shards_of_one_process_are_the_shuffling_loaders_order():
     from torch.utils.data import DataLoader
 
-    from manifold_nas.distributed import ShardedSampler
+    from manifold_nas.run.distributed import ShardedSampler
 
     loader = DataLoader(list(range(23)), batch_size=4, shuffle=True,
                         generator=torch.Generator().manual_seed(5))  # fmt: skip
@@ -257,10 +257,10 @@ def test_the_shards_of_one_process_are_the_shuffling_loaders_order():
 def test_two_processes_retrain_to_the_weights_of_one_with_the_doubled_batch(
     plugin, tmp_path, monkeypatch
 ):
-    from manifold_nas.genotype import Genotype
-    from manifold_nas.networks import NETWORKS
-    from manifold_nas.opset import OPSETS
-    from manifold_nas.training import train_derived
+    from manifold_nas.run.retrain import train_derived
+    from manifold_nas.space.genotype import Genotype
+    from manifold_nas.space.networks import NETWORKS
+    from manifold_nas.space.opset import OPSETS
 
     raw = config(batch_size=16)
     raw["train"] = {"epochs": 2, "batch_size": 32, "max_steps_per_epoch": 5,

@@ -9,35 +9,35 @@ import pytest
 import torch
 from torch import nn
 
-from domains.vision.networks import DartsNetwork, SimpleCNN
-from domains.volumetric.baselines import MonaiUNetBaseline
-from domains.volumetric.network import VolumetricNet
-from manifold_nas.blockwise import (
-    candidate_weights,
-    choice_units,
-    combined_genotype,
-    unit_candidate_of,
-    unit_candidates,
-    unit_space_size,
-)
-from manifold_nas.cell import ChosenEdge, cell_arch_spec
-from manifold_nas.distillation import (
+from manifold_nas.domains.vision.networks import DartsNetwork, SimpleCNN
+from manifold_nas.domains.volumetric.baselines import MonaiUNetBaseline
+from manifold_nas.domains.volumetric.network import VolumetricNet
+from manifold_nas.errors import UserInputError
+from manifold_nas.space.cell import ChosenEdge, cell_arch_spec
+from manifold_nas.space.opset import OPSETS
+from manifold_nas.space.sampling import genotype_weights, random_genotype
+from manifold_nas.strategies.dna.distillation import (
     DistillationBlock,
     FeatureAdapter,
     mean_squared_error,
     relative_l1,
 )
-from manifold_nas.errors import UserInputError
-from manifold_nas.opset import OPSETS
-from manifold_nas.sampling import genotype_weights, random_genotype
-from manifold_nas.strategies.dna import BlockwiseDistillation
-from manifold_nas.teacher import (
+from manifold_nas.strategies.dna.strategy import BlockwiseDistillation
+from manifold_nas.strategies.dna.teacher import (
     INPUT,
     BlockStages,
     ModuleStages,
     monai_unet_stage_names,
     parse_teacher_spec,
     teacher_stages,
+)
+from manifold_nas.strategies.dna.units import (
+    candidate_weights,
+    choice_units,
+    combined_genotype,
+    unit_candidate_of,
+    unit_candidates,
+    unit_space_size,
 )
 
 DARTS = OPSETS.get("darts")

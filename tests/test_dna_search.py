@@ -16,12 +16,12 @@ import pytest
 import torch
 import yaml
 
-from domains.volumetric.network import genotype_from_choices
 from manifold_nas.cli import main
 from manifold_nas.config import parse_config
-from manifold_nas.genotype import Genotype
-from manifold_nas.run import Run, build_network, count_parameters
+from manifold_nas.domains.volumetric.network import genotype_from_choices
+from manifold_nas.run.context import Run, build_network, count_parameters
 from manifold_nas.search import search
+from manifold_nas.space.genotype import Genotype
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -277,7 +277,7 @@ def test_a_module_teacher_is_built_from_its_factory_and_cut_at_named_stages(
     tiny_config_dict["strategy"] = {
         "name": "dna",
         "teacher": {
-            "module": "domains.vision.networks:SimpleCNN",
+            "module": "manifold_nas.domains.vision.networks:SimpleCNN",
             "options": {"in_channels": 1, "num_classes": 10, "channels": 4, "depth": 1},
             "epochs": 1,
             "stages": ["features.2", "features.5", "features.8"],
@@ -286,7 +286,10 @@ def test_a_module_teacher_is_built_from_its_factory_and_cut_at_named_stages(
         "ranking_batches": 1,
     }
     result = search(parse_config(tiny_config_dict), tmp_path / "run", quiet=True)
-    assert result.summary["teacher"]["source"]["module"] == "domains.vision.networks:SimpleCNN"
+    assert (
+        result.summary["teacher"]["source"]["module"]
+        == "manifold_nas.domains.vision.networks:SimpleCNN"
+    )
     assert (tmp_path / "run" / "teacher" / "model.pt").is_file()
     # the last teacher stage (2x2) is coarser than the student's last cell (4x4)
     assert result.summary["adapters"][1]["output"]["resize"]

@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 from scipy.stats import kendalltau, norm
 
-from manifold_nas.early_stopping import (
+from manifold_nas.strategies.multi_trial.early_stopping import (
     ASHA,
     AsynchronousSuccessiveHalving,
     Decision,
     LearningCurvePredictor,
     LearningCurveStopper,
-    ParameterFilter,
     Stopper,
     prefix_features,
 )
+from manifold_nas.strategies.multi_trial.filters import ParameterFilter
 
 HORIZON = 20
 EPOCHS = np.arange(1, HORIZON + 1)

@@ -15,12 +15,11 @@ from support import TINY_SPD, TINY_VOLUMETRIC, logged, read_records, search_kill
 
 from manifold_nas.cli import main
 from manifold_nas.config import load_config, parse_config
-from manifold_nas.cost import CostLUT, build_cost_table, derived_cost, genotype_choices
-from manifold_nas.cost_budget import example_input
+from manifold_nas.cost.table import CostLUT, build_cost_table, derived_cost, genotype_choices
 from manifold_nas.errors import UserInputError
-from manifold_nas.genotype import Genotype, parse_cells
-from manifold_nas.run import Run
+from manifold_nas.run.context import Run
 from manifold_nas.search import build_strategy, search
+from manifold_nas.space.genotype import Genotype, parse_cells
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_SEARCH = {"epochs": 1, "batch_size": 8, "max_steps_per_epoch": 2}
@@ -59,7 +58,7 @@ def lut_op_sums(config: dict, out: Path, cells: dict, kinds) -> dict[str, float]
     run = Run(parse_config(config), quiet=True)
     network = run.build_searchable()
     lut = CostLUT(out)
-    table = build_cost_table(network, example_input(run), lut=lut, warmup=1, repeats=3)
+    table = build_cost_table(network, run.example_input(), lut=lut, warmup=1, repeats=3)
     assert lut.misses == 0, "the run's LUT should hold every entry"
     choices = genotype_choices(Genotype(run.opset.name, parse_cells(cells)), table)
     return {kind: derived_cost(choices, table, kind) for kind in kinds}

@@ -14,17 +14,17 @@ import torch
 from conftest import TINY_VISION
 from support import TINY_VOLUMETRIC
 
-from manifold_nas.cell import cell_arch_spec
 from manifold_nas.config import parse_config
-from manifold_nas.contracts import has_cost_model
-from manifold_nas.cost import CostTable, expected_cost
-from manifold_nas.cost_budget import GenotypeCost, Offset, cheapest_genotype, parse_budget
-from manifold_nas.genotype import Genotype, parse_cells
-from manifold_nas.performance_models import PredictorFilter
-from manifold_nas.predictors import NOT_KEPT, decode_genotype, genotype_encoding
-from manifold_nas.run import Run
-from manifold_nas.sampling import random_genotype
-from manifold_nas.strategies.evolution import RegularizedEvolution
+from manifold_nas.cost.budget import GenotypeCost, Offset, cheapest_genotype, parse_budget
+from manifold_nas.cost.table import CostTable, expected_cost
+from manifold_nas.predictors.linear import NOT_KEPT, decode_genotype, genotype_encoding
+from manifold_nas.run.context import Run
+from manifold_nas.space.cell import cell_arch_spec
+from manifold_nas.space.contracts import has_cost_model
+from manifold_nas.space.genotype import Genotype, parse_cells
+from manifold_nas.space.sampling import random_genotype
+from manifold_nas.strategies.multi_trial.evolution import RegularizedEvolution
+from manifold_nas.strategies.multi_trial.filters import PredictorFilter
 
 OPS = ("none", "skip", "conv3", "conv5")
 SPECS = {"normal": cell_arch_spec(OPS, n_inputs=2, n_nodes=2, keep=2)}
@@ -214,7 +214,7 @@ def test_the_budget_rule_keeps_evolution_within_the_lut_budget():
 
 
 def test_random_genotypes_of_both_samplers_come_from_one_definition():
-    from manifold_nas.annealing import random_genotype as numpy_draw
+    from manifold_nas.strategies.fox.annealing import random_genotype as numpy_draw
 
     rng = np.random.default_rng(3)
     seed = int(np.random.default_rng(3).integers(2**63))

@@ -257,10 +257,10 @@ def _numeric_options(fn, skip=()):
 
 
 def _config_cases():
-    from manifold_nas.networks import NETWORKS
     from manifold_nas.optim import ARCH_OPTIMIZERS
-    from manifold_nas.relaxations import RELAXATIONS
-    from manifold_nas.selection import SELECTORS
+    from manifold_nas.space.networks import NETWORKS
+    from manifold_nas.space.relaxations import RELAXATIONS
+    from manifold_nas.space.selection import SELECTORS
     from manifold_nas.strategies import STRATEGIES
 
     cases = []

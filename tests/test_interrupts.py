@@ -14,9 +14,9 @@ import torch
 import yaml
 
 from manifold_nas.config import parse_config
-from manifold_nas.genotype import Genotype
+from manifold_nas.run.retrain import train_derived
 from manifold_nas.search import search
-from manifold_nas.training import train_derived
+from manifold_nas.space.genotype import Genotype
 
 REPO = Path(__file__).resolve().parents[1]
 EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -134,8 +134,8 @@ def test_a_finished_retraining_is_not_overwritten_without_resume(
 
 
 def test_a_signal_during_an_atomic_write_is_raised_after_the_write(tmp_path):
-    from manifold_nas.interrupts import deferred_signals
-    from manifold_nas.rundir import atomic_write_text
+    from manifold_nas.run.directory import atomic_write_text
+    from manifold_nas.run.interrupts import deferred_signals
 
     done = []
     with pytest.raises(KeyboardInterrupt):

@@ -11,17 +11,17 @@ import torch
 from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
-from manifold_nas.backends import LocalBackend
-from manifold_nas.cell import ArchSpec, ChosenEdge, cell_arch_spec
 from manifold_nas.config import parse_config
 from manifold_nas.errors import UserInputError
-from manifold_nas.genotype import Genotype
-from manifold_nas.multi_trial import EarlyStopping, best_trial
-from manifold_nas.proxy import DownsampledInput, proxy_subset
-from manifold_nas.run import Run
-from manifold_nas.sampling import genotype_weights, random_genotype
+from manifold_nas.run.context import Run
 from manifold_nas.search import search
-from manifold_nas.strategies.evolution import RegularizedEvolution, mutate
+from manifold_nas.space.cell import ArchSpec, ChosenEdge, cell_arch_spec
+from manifold_nas.space.genotype import Genotype
+from manifold_nas.space.sampling import genotype_weights, random_genotype
+from manifold_nas.strategies.multi_trial.backends import LocalBackend
+from manifold_nas.strategies.multi_trial.evolution import RegularizedEvolution, mutate
+from manifold_nas.strategies.multi_trial.loop import EarlyStopping, best_trial
+from manifold_nas.strategies.multi_trial.proxy import DownsampledInput, proxy_subset
 
 DARTS_OPS = ("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3")
 
@@ -357,7 +357,7 @@ def test_the_order_trials_finish_in_changes_nothing(tiny_config_dict, tmp_path, 
         early_stopping={"name": "asha", "reduction_factor": 2},
     )  # fmt: skip
     reference = run_search(tiny_config_dict, tmp_path / "in_order", **options)
-    monkeypatch.setattr("manifold_nas.multi_trial.open_backend", ReversedBackend)
+    monkeypatch.setattr("manifold_nas.strategies.multi_trial.loop.open_backend", ReversedBackend)
     shuffled = run_search(tiny_config_dict, tmp_path / "reversed", **options)
     strip = lambda t: {k: v for k, v in t.items() if k != "seconds"}  # noqa: E731
     assert [strip(t) for t in shuffled.strategy.trials] == [

@@ -9,8 +9,8 @@ from support import TINY_SPD
 
 from manifold_nas.cli import main
 from manifold_nas.config import load_config, parse_config
-from manifold_nas.genotype import Genotype
 from manifold_nas.search import search
+from manifold_nas.space.genotype import Genotype
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,10 +10,20 @@ import torch.nn.functional as F
 from support import TINY_SPD
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from manifold_nas.cell import ChosenEdge, MixedEdge, SearchCell, cell_arch_spec
 from manifold_nas.config import parse_config
-from manifold_nas.genotype import Genotype
-from manifold_nas.one_shot import (
+from manifold_nas.run.context import Run, count_parameters
+from manifold_nas.space.cell import ChosenEdge, MixedEdge, SearchCell, cell_arch_spec
+from manifold_nas.space.genotype import Genotype
+from manifold_nas.space.opset import OPSETS
+from manifold_nas.strategies.one_shot.cream import (
+    BoardEntry,
+    Cream,
+    MetaMatchingNetwork,
+    soft_target_loss,
+    unrolled_meta_gradient,
+    update_board,
+)
+from manifold_nas.strategies.one_shot.paths import (
     PathCost,
     PathSampler,
     evaluate_path,
@@ -23,17 +33,7 @@ from manifold_nas.one_shot import (
     recalibrate_batch_norm,
     search_paths,
 )
-from manifold_nas.opset import OPSETS
-from manifold_nas.run import Run, count_parameters
-from manifold_nas.strategies.cream import (
-    BoardEntry,
-    Cream,
-    MetaMatchingNetwork,
-    soft_target_loss,
-    unrolled_meta_gradient,
-    update_board,
-)
-from manifold_nas.strategies.spos import SinglePathOneShot
+from manifold_nas.strategies.one_shot.spos import SinglePathOneShot
 
 TOY = cell_arch_spec(("none", "a", "b", "c"), n_inputs=2, n_nodes=3, keep=2)
 

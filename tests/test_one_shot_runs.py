@@ -13,10 +13,10 @@ from support import TINY_SPD, read_records, search_killed_when, without_seconds
 from manifold_nas.cli import main
 from manifold_nas.config import load_config, parse_config
 from manifold_nas.errors import UserInputError
-from manifold_nas.genotype import Genotype
-from manifold_nas.one_shot import PathCost, PathSampler, path_key
-from manifold_nas.run import Run
+from manifold_nas.run.context import Run
 from manifold_nas.search import build_strategy, search
+from manifold_nas.space.genotype import Genotype
+from manifold_nas.strategies.one_shot.paths import PathCost, PathSampler, path_key
 
 REPO = Path(__file__).resolve().parents[1]
 

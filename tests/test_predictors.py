@@ -7,11 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from manifold_nas.annealing import random_genotype
-from manifold_nas.cell import ChosenEdge, cell_arch_spec
 from manifold_nas.errors import UserInputError
-from manifold_nas.genotype import Genotype
-from manifold_nas.predictors import (
+from manifold_nas.predictors.linear import (
     NOT_KEPT,
     LinearPredictor,
     decode_genotype,
@@ -22,6 +19,9 @@ from manifold_nas.predictors import (
     genotype_features,
     write_predictor_report,
 )
+from manifold_nas.space.cell import ChosenEdge, cell_arch_spec
+from manifold_nas.space.genotype import Genotype
+from manifold_nas.strategies.fox.annealing import random_genotype
 
 DARTS_OPS = (
     "none",

@@ -4,7 +4,7 @@ import json
 import re
 from pathlib import Path
 
-from manifold_nas.opset import OPSETS
+from manifold_nas.space.opset import OPSETS
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

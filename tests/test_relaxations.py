@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from manifold_nas.relaxations import (
+from manifold_nas.space.relaxations import (
     RELAXATIONS,
     DirichletRelaxation,
     GumbelHardRelaxation,

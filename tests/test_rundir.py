@@ -12,7 +12,7 @@ import yaml
 from manifold_nas.cli import main
 from manifold_nas.config import parse_config
 from manifold_nas.errors import UserInputError
-from manifold_nas.rundir import LOCK_NAME, RunDirectory
+from manifold_nas.run.directory import LOCK_NAME, RunDirectory
 from manifold_nas.search import search
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,15 +14,15 @@ from support import (
     without_seconds,
 )
 
-from manifold_nas.cell import ChosenEdge
 from manifold_nas.config import parse_config
-from manifold_nas.genotype import Genotype
-from manifold_nas.opset import OPSETS, OpSpec
-from manifold_nas.relaxations import RELAXATIONS
-from manifold_nas.run import Run, build_network, count_parameters
+from manifold_nas.run.context import Run, build_network, count_parameters
+from manifold_nas.run.retrain import train_derived
 from manifold_nas.search import search
-from manifold_nas.strategies.bilevel import BilevelStrategy
-from manifold_nas.training import train_derived
+from manifold_nas.space.cell import ChosenEdge
+from manifold_nas.space.genotype import Genotype
+from manifold_nas.space.opset import OPSETS, OpSpec
+from manifold_nas.space.relaxations import RELAXATIONS
+from manifold_nas.strategies.bilevel.strategy import BilevelStrategy
 
 REFERENCE = Path(__file__).resolve().parent / "data" / "bilevel_reference.json"
 
@@ -222,8 +222,8 @@ def test_opset_from_an_installed_entry_point_is_found_and_searched(
         "my_tiny_ops",
         """
         from torch import nn
-        from manifold_nas.opset import OpSet
-        from domains.vision.ops import Zero, FactorizedReduce
+        from manifold_nas.space.opset import OpSet
+        from manifold_nas.domains.vision.ops import Zero, FactorizedReduce
 
         def conv(spec):
             return nn.Conv2d(spec.c_in, spec.c_out, 3, spec.stride, 1)
@@ -257,9 +257,9 @@ def test_hessian_eigenvalue_is_logged_per_epoch(tiny_config_dict):
 
 
 def test_cost_penalty_enters_the_architecture_loss_only_above_budget():
-    from manifold_nas.cell import ArchSpec
-    from manifold_nas.relaxations import SoftmaxRelaxation
-    from manifold_nas.supernet import ArchitectureParameters, Supernet
+    from manifold_nas.space.cell import ArchSpec
+    from manifold_nas.space.relaxations import SoftmaxRelaxation
+    from manifold_nas.space.supernet import ArchitectureParameters, Supernet
 
     class Costly(torch.nn.Module):
         arch_specs = {"cells": ArchSpec(("cheap", "dear"), ((0, 1),), n_inputs=1, keep=1)}

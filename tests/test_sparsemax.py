@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-from manifold_nas.sparsemax import sparsemax
+from manifold_nas.space.sparsemax import sparsemax
 
 
 def projection_by_optimisation(z: np.ndarray) -> np.ndarray:

@@ -14,8 +14,12 @@ from sklearn.pipeline import make_pipeline
 from threadpoolctl import threadpool_limits
 from torch.utils.data import TensorDataset
 
-from domains.spd.baselines import block_diagonal, mdm_accuracy, tangent_space_lr_accuracy
 from manifold_nas.data import DataBundle
+from manifold_nas.domains.spd.baselines import (
+    block_diagonal,
+    mdm_accuracy,
+    tangent_space_lr_accuracy,
+)
 from manifold_nas.errors import UserInputError
 
 CS = (0.01, 0.1, 1.0, 10.0)

@@ -12,16 +12,16 @@ import scipy.io
 import torch
 from sklearn.covariance import OAS, LedoitWolf
 
-import domains.spd  # noqa: F401  (registers the builders)
-from domains.spd.covariance import (
+import manifold_nas.domains.spd  # noqa: F401  (registers the builders)
+from manifold_nas.data import DATASETS
+from manifold_nas.domains.spd.covariance import (
     covariance_features,
     default_embedding_lag,
     delay_embedding,
     shrinkage_coefficients,
 )
-from domains.spd.data import aeon_univariate_problems, stratified_split
-from domains.spd.validation import encode_labels, validate_spd_dataset
-from manifold_nas.data import DATASETS
+from manifold_nas.domains.spd.data import aeon_univariate_problems, stratified_split
+from manifold_nas.domains.spd.validation import encode_labels, validate_spd_dataset
 from manifold_nas.errors import UserInputError
 
 SPD_DATASETS = ("japanese_vowels", "basic_motions", "ucr_lag", "timeseries_files", "spd_files")

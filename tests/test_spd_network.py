@@ -7,17 +7,17 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from domains.spd.ops import NORMAL_OPS, REDUCE_OPS
-from manifold_nas.cell import ChosenEdge, DerivedCell
 from manifold_nas.config import parse_config
 from manifold_nas.data import DataBundle
-from manifold_nas.genotype import Genotype
-from manifold_nas.networks import NETWORKS
-from manifold_nas.opset import OPSETS, OpSpec
+from manifold_nas.domains.spd.ops import NORMAL_OPS, REDUCE_OPS
 from manifold_nas.optim import build_optimizer
-from manifold_nas.relaxations import RELAXATIONS
 from manifold_nas.search import search
-from manifold_nas.supernet import ArchitectureParameters, Supernet
+from manifold_nas.space.cell import ChosenEdge, DerivedCell
+from manifold_nas.space.genotype import Genotype
+from manifold_nas.space.networks import NETWORKS
+from manifold_nas.space.opset import OPSETS, OpSpec
+from manifold_nas.space.relaxations import RELAXATIONS
+from manifold_nas.space.supernet import ArchitectureParameters, Supernet
 
 OPSET = OPSETS.get("spd")
 N, CLASSES = 8, 3

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from domains.spd.ops import (
+from manifold_nas.domains.spd.ops import (
     MIX_MAX_ITER,
     MIX_TOL,
     NORMAL_OPS,
@@ -13,7 +13,7 @@ from domains.spd.ops import (
     frechet_aggregate,
     frechet_mix,
 )
-from manifold_nas.opset import OPSETS, OpSpec
+from manifold_nas.space.opset import OPSETS, OpSpec
 from spd_ops import airm_distance, frechet_mean
 
 OPSET = OPSETS.get("spd")

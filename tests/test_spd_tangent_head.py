@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from domains.spd.baselines import TANGENT_SPACE_LR, logistic_regression_cv
-from domains.spd.networks import TangentSpaceHead
 from manifold_nas.config import parse_config
 from manifold_nas.data import DataBundle
-from manifold_nas.networks import NETWORKS
-from manifold_nas.opset import OPSETS
+from manifold_nas.domains.spd.baselines import TANGENT_SPACE_LR, logistic_regression_cv
+from manifold_nas.domains.spd.networks import TangentSpaceHead
+from manifold_nas.space.networks import NETWORKS
+from manifold_nas.space.opset import OPSETS
 from spd_ops import TangentSpace, airm_distance, airm_geodesic, frechet_mean, upper_triangle
 
 OPSET = OPSETS.get("spd")

@@ -9,10 +9,10 @@ from support import install_plugin, logged, read_records, search_killed_when, wi
 
 from manifold_nas.cli import main
 from manifold_nas.config import parse_config
-from manifold_nas.genotype import Genotype
 from manifold_nas.search import search
+from manifold_nas.space.genotype import Genotype
 from manifold_nas.strategies import STRATEGIES, Strategy
-from manifold_nas.strategies.random_search import RandomSearch
+from manifold_nas.strategies.multi_trial.random_search import RandomSearch
 
 REPO = Path(__file__).resolve().parents[1]
 LAYOUT = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "genotype.json", "summary.json")
@@ -132,7 +132,7 @@ def test_a_strategy_from_an_installed_entry_point_is_found_and_runs(
         "my_strategy",
         """
             import random
-            from manifold_nas.sampling import random_genotype
+            from manifold_nas.space.sampling import random_genotype
             from manifold_nas.strategies import Strategy
 
             class FirstDraw(Strategy):

@@ -6,10 +6,10 @@ import torch.nn.functional as F
 
 from manifold_nas.config import parse_config
 from manifold_nas.errors import UserInputError
-from manifold_nas.run import Run
-from manifold_nas.sampling import random_genotype
+from manifold_nas.run.context import Run
+from manifold_nas.run.retrain import train_derived
+from manifold_nas.space.sampling import random_genotype
 from manifold_nas.task import ClassificationTask, Task
-from manifold_nas.training import train_derived
 
 
 def genotype_for(config_dict):

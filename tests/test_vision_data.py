@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-import domains.vision  # noqa: F401  (registers the datasets)
+import manifold_nas.domains.vision  # noqa: F401  (registers the datasets)
 from manifold_nas.data import DATASETS
 from manifold_nas.errors import UserInputError
 

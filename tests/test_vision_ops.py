@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from domains.vision.ops import FactorizedReduce, Pooling, Zero
-from manifold_nas.opset import OPSETS, OpSpec
+from manifold_nas.domains.vision.ops import FactorizedReduce, Pooling, Zero
+from manifold_nas.space.opset import OPSETS, OpSpec
 
 DARTS_OPS = (
     "none",

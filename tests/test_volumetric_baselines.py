@@ -9,12 +9,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import domains.volumetric  # noqa: F401  (registers the networks)
-from domains.volumetric.baselines import MonaiUNetBaseline, dints_smoke
-from domains.volumetric.ops import VOLUMETRIC_OPSET
+import manifold_nas.domains.volumetric  # noqa: F401  (registers the networks)
+from manifold_nas.domains.volumetric.baselines import MonaiUNetBaseline, dints_smoke
+from manifold_nas.domains.volumetric.ops import VOLUMETRIC_OPSET
 from manifold_nas.errors import UserInputError
-from manifold_nas.genotype import Genotype
-from manifold_nas.networks import NETWORKS
+from manifold_nas.space.genotype import Genotype
+from manifold_nas.space.networks import NETWORKS
 
 
 def bundle(patch=(16, 16, 8), num_classes=3):

@@ -14,10 +14,10 @@ from benchmarks.volumetric import (
     step_counts,
     verdict,
 )
-from domains.volumetric.baselines import MonaiUNetBaseline
-from domains.volumetric.network import build_vnas_network
-from domains.volumetric.ops import VOLUMETRIC_OPSET
 from manifold_nas.config import parse_config
+from manifold_nas.domains.volumetric.baselines import MonaiUNetBaseline
+from manifold_nas.domains.volumetric.network import build_vnas_network
+from manifold_nas.domains.volumetric.ops import VOLUMETRIC_OPSET
 
 STRIDES = [[2, 2, 1], [2, 2, 2]]
 

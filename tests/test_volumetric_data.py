@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from domains.volumetric.data import build_datalist_dataset
-from domains.volumetric.synthetic import (
+from manifold_nas.data import DATASETS
+from manifold_nas.domains.volumetric.data import build_datalist_dataset
+from manifold_nas.domains.volumetric.synthetic import (
     SHAPE_CLASSES,
     build_synthetic_shapes_dataset,
     synthetic_shapes_volume,
 )
-from domains.volumetric.task import SegmentationTask
-from manifold_nas.data import DATASETS
+from manifold_nas.domains.volumetric.task import SegmentationTask
 from manifold_nas.errors import UserInputError
 
 SHAPE = (20, 20, 8)
@@ -234,7 +234,7 @@ def test_synthetic_shapes_builder_writes_a_datalist_and_loads_it(tmp_path):
 
 
 def test_mni152_tissue_builder_makes_disjoint_deterministic_subjects(tmp_path):
-    from domains.volumetric.mni152 import build_mni152_tissue_dataset
+    from manifold_nas.domains.volumetric.mni152 import build_mni152_tissue_dataset
 
     bundle = build_mni152_tissue_dataset(
         n_train=2, n_test=1, cache_dir=str(tmp_path), patch_size=(16, 16, 16), samples_per_volume=1

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-import domains.volumetric  # noqa: F401  (registers the networks)
-from domains.volumetric.data import build_datalist_dataset
-from domains.volumetric.network import ARCH_KEY
-from domains.volumetric.ops import VOLUMETRIC_OPSET
-from domains.volumetric.predict import predict_volume
-from domains.volumetric.preprocessing import VolumePreprocessing
+import manifold_nas.domains.volumetric  # noqa: F401  (registers the networks)
+from manifold_nas.domains.volumetric.data import build_datalist_dataset
+from manifold_nas.domains.volumetric.network import ARCH_KEY
+from manifold_nas.domains.volumetric.ops import VOLUMETRIC_OPSET
+from manifold_nas.domains.volumetric.predict import predict_volume
+from manifold_nas.domains.volumetric.preprocessing import VolumePreprocessing
 from manifold_nas.errors import UserInputError
-from manifold_nas.networks import NETWORKS
+from manifold_nas.space.networks import NETWORKS
 
 SHAPE = (16, 16, 8)
 PATCH = (8, 8, 4)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from domains.volumetric.network import ARCH_KEY, VNAS_OPS, VolumetricNet
-from domains.volumetric.ops import op_cost
+from manifold_nas.domains.volumetric.network import ARCH_KEY, VNAS_OPS, VolumetricNet
+from manifold_nas.domains.volumetric.ops import op_cost
 from manifold_nas.errors import UserInputError
 
 
@@ -114,9 +114,9 @@ def test_patch_size_not_divisible_by_total_stride_is_a_user_error():
 def test_registered_builder_sizes_from_the_bundle_and_rebuilds_genotypes():
     from types import SimpleNamespace
 
-    from domains.volumetric.network import genotype_from_choices
-    from manifold_nas.networks import NETWORKS
-    from manifold_nas.opset import OPSETS
+    from manifold_nas.domains.volumetric.network import genotype_from_choices
+    from manifold_nas.space.networks import NETWORKS
+    from manifold_nas.space.opset import OPSETS
 
     bundle = SimpleNamespace(
         sample_shape=(1, 16, 16, 8), num_classes=3, info={"through_plane_axis": 0}

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from domains.volumetric.ops import VOLUMETRIC_OPS, VOLUMETRIC_OPSET, op_cost
-from manifold_nas.opset import OPSETS, OpSpec
+from manifold_nas.domains.volumetric.ops import VOLUMETRIC_OPS, VOLUMETRIC_OPSET, op_cost
+from manifold_nas.space.opset import OPSETS, OpSpec
 
 STRIDES = [1, 2, (2, 2, 1)]
 INPUT_SHAPE = (12, 12, 6)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from domains.volumetric.network import VolumetricNet
-from domains.volumetric.predict import predict_paths, predict_volume
+from manifold_nas.domains.volumetric.network import VolumetricNet
+from manifold_nas.domains.volumetric.predict import predict_paths, predict_volume
 from manifold_nas.errors import UserInputError
 
 
@@ -105,7 +105,7 @@ def test_output_may_not_overwrite_the_input(tmp_path, model):
 
 
 def test_bundle_predictor_writes_one_file_or_a_folder(tmp_path, model):
-    from domains.volumetric.predict import VolumePredictor
+    from manifold_nas.domains.volumetric.predict import VolumePredictor
 
     predictor = VolumePredictor((8, 8, 4), {"orientation": "RAS"})
     source = write_image(tmp_path / "case.nii.gz")

@@ -5,7 +5,7 @@ Five builders, all registered in :data:`manifold_nas.data.DATASETS`:
 ``japanese_vowels``, ``basic_motions``
     UEA multivariate time series bundled inside the installed ``aeon`` package
     (nothing is downloaded), official train/test split, turned into covariance
-    matrices by :func:`~domains.spd.covariance.covariance_features`.
+    matrices by :func:`~manifold_nas.domains.spd.covariance.covariance_features`.
 ``ucr_lag``
     A UCR univariate problem bundled inside ``aeon`` (``problem: GunPoint``,
     see :func:`aeon_univariate_problems`), official split, each series turned
@@ -16,7 +16,7 @@ Five builders, all registered in :data:`manifold_nas.data.DATASETS`:
     covariance options, delay embedding included (``embed_dim``, ``embed_lag``).
 ``spd_files``
     The user's SPD matrices: ``.npz``, ``.npy`` (+ ``labels_path``), ``.pt``
-    or ``.mat``, checked by :func:`~domains.spd.validation.validate_spd_dataset`.
+    or ``.mat``, checked by :func:`~manifold_nas.domains.spd.validation.validate_spd_dataset`.
 
 Every bundle holds float64 tensors ``(N, C, n, n)`` with int64 labels in
 ``0..K-1``; ``info["class_names"][k]`` is the original name of class ``k``.
@@ -42,10 +42,10 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from domains.spd.baselines import tangent_space_baseline
-from domains.spd.covariance import covariance_features, default_embedding_lag
-from domains.spd.validation import encode_labels, validate_spd_dataset
 from manifold_nas.data import DATASETS, DataBundle
+from manifold_nas.domains.spd.baselines import tangent_space_baseline
+from manifold_nas.domains.spd.covariance import covariance_features, default_embedding_lag
+from manifold_nas.domains.spd.validation import encode_labels, validate_spd_dataset
 from manifold_nas.errors import UserInputError
 
 __all__ = [
@@ -141,7 +141,7 @@ def ucr_lag(
     Defaults: ``d = embed_dim = 10``, a fixed size (55 tangent coordinates)
     small against every bundled training set yet enough to resolve the
     autocovariance's shape; ``τ = embed_lag`` from
-    :func:`~domains.spd.covariance.default_embedding_lag` of the shortest
+    :func:`~manifold_nas.domains.spd.covariance.default_embedding_lag` of the shortest
     training series, ``max(1, ⌊t / 40⌋)``, so the embedding window spans
     under a quarter of the series. Neither looks at labels or values.
     """
@@ -191,7 +191,7 @@ def timeseries_files(
     embedding, ``d · c`` channels holding the copies delayed by ``0, τ, …,
     (d - 1)τ``, before the covariance; ``embed_lag`` (``τ``) defaults to
     ``max(1, ⌊t_min / (4d)⌋)`` for the shortest series ``t_min`` of ``path``
-    (see :func:`~domains.spd.covariance.default_embedding_lag`). A univariate
+    (see :func:`~manifold_nas.domains.spd.covariance.default_embedding_lag`). A univariate
     series needs it: without, its covariance is ``1 × 1``.
     """
     cov = _covariance_options(locals())

@@ -2,9 +2,9 @@ r"""SPD macro networks: the SPDNetNAS supernet and the SPDNet / SPDNetBN baselin
 
 ``"spdnetnas"`` (Sukthanker et al., IJCAI 2021) is built on the core's generic
 cells: with ``genotype=None`` every cell is a
-:class:`~manifold_nas.cell.SearchCell` whose edges mix the op set's
+:class:`~manifold_nas.space.cell.SearchCell` whose edges mix the op set's
 candidates by weighted Fréchet means, otherwise a
-:class:`~manifold_nas.cell.DerivedCell` holding only the chosen ops.
+:class:`~manifold_nas.space.cell.DerivedCell` holding only the chosen ops.
 
 ``"spdnet"`` (Huang & Van Gool, AAAI 2017) and ``"spdnetbn"`` (Brooks et al.,
 NeurIPS 2019) are fixed networks with no search space (``arch_specs = {}``).
@@ -22,12 +22,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from domains.spd.ops import NORMAL_OPS, REDUCE_OPS
-from manifold_nas.cell import ArchSpec, DerivedCell, SearchCell, cell_arch_spec
 from manifold_nas.data import DataBundle
-from manifold_nas.genotype import Genotype
-from manifold_nas.networks import NETWORKS, network_example
-from manifold_nas.opset import OpSet, OpSpec
+from manifold_nas.domains.spd.ops import NORMAL_OPS, REDUCE_OPS
+from manifold_nas.space.cell import ArchSpec, DerivedCell, SearchCell, cell_arch_spec
+from manifold_nas.space.genotype import Genotype
+from manifold_nas.space.networks import NETWORKS, network_example
+from manifold_nas.space.opset import OpSet, OpSpec
 from spd_ops import BiMap, LogEig, ReEig, SPDBatchNorm, TangentSpace
 
 __all__ = [
@@ -108,7 +108,7 @@ class TangentSpaceHead(nn.Module):
     ``init="zero"`` starts ``A``, ``B`` and ``b`` at zero. ``init="logistic"``
     also gets the labels in :meth:`fit` and starts ``A`` and ``b`` at
     multinomial logistic regression on ``t`` with ``C`` by 5-fold
-    cross-validation on the training set (:func:`~domains.spd.baselines.
+    cross-validation on the training set (:func:`~manifold_nas.domains.spd.baselines.
     logistic_regression_cv`), i.e. the network starts as the practitioner's
     baseline (linear probing before fine-tuning, Kumar et al., ICLR 2022).
     ``freeze_tangent`` keeps ``A`` fixed in training, so the trained part is
@@ -166,7 +166,7 @@ class TangentSpaceHead(nn.Module):
         if self.init == "logistic":
             if y is None:
                 raise ValueError("head init 'logistic' needs the training labels")
-            from domains.spd.baselines import logistic_regression_cv
+            from manifold_nas.domains.spd.baselines import logistic_regression_cv
 
             z = ((t - self.tangent_mean) / self.tangent_scale).cpu().numpy()
             fitted = logistic_regression_cv(z, y.cpu().numpy(), self.num_classes)
@@ -254,7 +254,7 @@ class SPDNetNAS(nn.Module):
     * head: LogEig → :class:`Vectorize` → Linear.
 
     ``arch_specs`` holds one :class:`ArchSpec` per cell type, over
-    :data:`~domains.spd.ops.NORMAL_OPS` and :data:`~domains.spd.ops.REDUCE_OPS`.
+    :data:`~manifold_nas.domains.spd.ops.NORMAL_OPS` and :data:`~manifold_nas.domains.spd.ops.REDUCE_OPS`.
     """
 
     def __init__(

@@ -2,7 +2,7 @@ r"""The SPDNetNAS op set ``"spd"`` (Sukthanker et al., IJCAI 2021, Table 1).
 
 Every op maps a batch of multi-channel SPD matrices ``(B, c_in, n_in, n_in)``
 to ``(B, c_out, n_out, n_out)``, float64. Matrix sizes come from the
-:class:`~manifold_nas.opset.OpSpec` options ``n_in`` and ``n_out`` (equal at
+:class:`~manifold_nas.space.opset.OpSpec` options ``n_in`` and ``n_out`` (equal at
 stride 1); batch-norm settings from ``bn_channels`` (per-channel means, default
 pooled over batch and channels as in the paper) and ``bn_iters`` (Karcher steps
 for the batch mean).
@@ -66,8 +66,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from manifold_nas.opset import OpExample, OpSet, OpSpec, register_opset
-from manifold_nas.sparsemax import sparsemax
+from manifold_nas.space.opset import OpExample, OpSet, OpSpec, register_opset
+from manifold_nas.space.sparsemax import sparsemax
 from spd_ops import (
     BiMap,
     ExpEig,

@@ -1,8 +1,8 @@
 """Vision macro networks: the DARTS CNN and the NAS-Bench-201 network.
 
 Both are built on the core's generic cells: with ``genotype=None`` every cell
-is a :class:`~manifold_nas.cell.SearchCell` (the supernet), otherwise a
-:class:`~manifold_nas.cell.DerivedCell` holding only the chosen ops.
+is a :class:`~manifold_nas.space.cell.SearchCell` (the supernet), otherwise a
+:class:`~manifold_nas.space.cell.DerivedCell` holding only the chosen ops.
 """
 
 from __future__ import annotations
@@ -11,13 +11,19 @@ from collections.abc import Mapping, Sequence
 
 from torch import Tensor, nn
 
-from domains.vision.ops import FactorizedReduce, ReLUConvBN
-from manifold_nas.blockwise import NetworkBlock
-from manifold_nas.cell import ArchSpec, DerivedCell, SearchCell, cell_arch_spec, cell_edge_specs
 from manifold_nas.data import DataBundle
-from manifold_nas.genotype import Genotype
-from manifold_nas.networks import NETWORKS, network_example
-from manifold_nas.opset import OpSet
+from manifold_nas.domains.vision.ops import FactorizedReduce, ReLUConvBN
+from manifold_nas.space.cell import (
+    ArchSpec,
+    DerivedCell,
+    SearchCell,
+    cell_arch_spec,
+    cell_edge_specs,
+)
+from manifold_nas.space.contracts import NetworkBlock
+from manifold_nas.space.genotype import Genotype
+from manifold_nas.space.networks import NETWORKS, network_example
+from manifold_nas.space.opset import OpSet
 
 __all__ = ["DartsCellBlock", "DartsNetwork", "NB201Network", "SimpleCNN", "reduction_positions"]
 
@@ -76,7 +82,7 @@ class DartsNetwork(nn.Module):
     Cell ``k`` reads the outputs of cells ``k-2`` and ``k-1``, preprocessed to
     ``C`` channels (a factorized reduction when cell ``k-1`` reduced).
 
-    Block-wise (:class:`~manifold_nas.blockwise.BlockwiseNetwork`): one block
+    Block-wise (:class:`~manifold_nas.space.contracts.BlockwiseNetwork`): one block
     per cell; the boundary features are the stem's output and every cell's.
     """
 

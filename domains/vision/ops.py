@@ -18,7 +18,7 @@ So "parameter-free" ops (``OpSet.parameter_free``) hold no trainable
 parameters only when ``c_in == c_out`` and, for ``skip_connect``, at stride 1;
 a stride-2 skip is the learned :class:`FactorizedReduce`, as in DARTS.
 
-Options read from :class:`~manifold_nas.opset.OpSpec`:
+Options read from :class:`~manifold_nas.space.opset.OpSpec`:
 
 ``affine`` (default ``True``)
     learnable scale and shift in the batch norms of the convolutions (DARTS
@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from manifold_nas.opset import OpExample, OpFactory, OpSet, OpSpec, register_opset
+from manifold_nas.space.opset import OpExample, OpFactory, OpSet, OpSpec, register_opset
 
 __all__ = [
     "DARTS_OPSET",

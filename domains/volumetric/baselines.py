@@ -1,6 +1,6 @@
 """Hand-designed comparators for the V-NAS search: a MONAI UNet and a DiNTS smoke run.
 
-* ``"monai_unet"`` (in :data:`manifold_nas.networks.NETWORKS`): a
+* ``"monai_unet"`` (in :data:`manifold_nas.space.networks.NETWORKS`): a
   :class:`monai.networks.nets.UNet` sized like the V-NAS network, with
   per-axis strides (e.g. ``[(2, 2, 1), 2]`` keeps thick slices at the first
   level). It has no architecture parameters (``arch_specs == {}``), so it
@@ -10,7 +10,7 @@
   a real DiNTS search does not fit in minutes on a CPU.
 
 The fixed all-conv2d / all-conv3d / all-p3d backbones are ``"vnas"`` with
-``fixed_op`` (see :func:`domains.volumetric.network.build_vnas_network`).
+``fixed_op`` (see :func:`manifold_nas.domains.volumetric.network.build_vnas_network`).
 """
 
 from __future__ import annotations
@@ -21,18 +21,20 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from monai.networks.layers.simplelayers import SkipConnection
 from monai.networks.nets import DiNTS, TopologyInstance, TopologySearch, UNet
 from torch import Tensor, nn
 
-from domains.volumetric.network import total_stride
-from domains.volumetric.ops import SPATIAL_DIMS, per_axis_stride
 from manifold_nas.data import DataBundle
+from manifold_nas.domains.volumetric.network import total_stride
+from manifold_nas.domains.volumetric.ops import SPATIAL_DIMS, per_axis_stride
 from manifold_nas.errors import UserInputError
-from manifold_nas.genotype import Genotype
-from manifold_nas.networks import NETWORKS, network_example
-from manifold_nas.opset import OpSet
+from manifold_nas.space.contracts import INPUT
+from manifold_nas.space.genotype import Genotype
+from manifold_nas.space.networks import NETWORKS, network_example
+from manifold_nas.space.opset import OpSet
 
-__all__ = ["MonaiUNetBaseline", "build_monai_unet", "dints_smoke"]
+__all__ = ["MonaiUNetBaseline", "build_monai_unet", "dints_smoke", "monai_unet_stage_names"]
 
 
 class MonaiUNetBaseline(nn.Module):
@@ -223,3 +225,30 @@ def _one_step(network: nn.Module, x: Tensor, y: Tensor, lr: float) -> tuple[floa
     if not math.isfinite(value):
         raise RuntimeError(f"DiNTS smoke step gave a non-finite loss {value}")
     return seconds, value
+
+
+def monai_unet_stage_names(network: nn.Module) -> list[str] | None:
+    """The ``2L`` boundaries of the first MONAI ``UNet`` inside ``network`` (``None``: no UNet).
+
+    Registered as the ``monai_unet`` stage finder, so a DNA teacher that is or
+    contains a MONAI ``UNet`` is cut at its levels without naming them.
+
+    MONAI builds an ``L``-level UNet recursively as
+    ``Sequential(down, SkipConnection(sub), up)`` with the bottom layer as the
+    innermost ``sub``; the boundaries are the input, each ``down`` (encoder,
+    top to bottom), the bottom, and each ``up`` (decoder, bottom to top).
+    """
+    found = next(((n, m) for n, m in network.named_modules() if isinstance(m, UNet)), None)
+    if found is None:
+        return None
+    name, unet = found
+    node_name = f"{name}.model" if name else "model"
+    node = unet.model
+    downs, ups = [], []
+    while (
+        isinstance(node, nn.Sequential) and len(node) == 3 and isinstance(node[1], SkipConnection)
+    ):
+        downs.append(f"{node_name}.0")
+        ups.append(f"{node_name}.2")
+        node_name, node = f"{node_name}.1.submodule", node[1].submodule
+    return [INPUT, *downs, node_name, *reversed(ups)]

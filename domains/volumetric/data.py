@@ -10,7 +10,7 @@ cached by ``CacheDataset`` up to the first random transform. Training items
 are lists of ``samples_per_volume`` patches (flattened by
 ``monai.data.list_data_collate``); test items are whole volumes for
 sliding-window evaluation. Every file is validated first
-(:mod:`domains.volumetric.validation`), and every resampled volume is logged.
+(:mod:`manifold_nas.domains.volumetric.validation`), and every resampled volume is logged.
 
 Multi-modal cases (a 4-D NIfTI with channels last, or a list of channel
 files per case) load as ``C`` image channels; ``sample_shape = (C, *patch)``
@@ -30,17 +30,17 @@ import numpy as np
 from monai.data import CacheDataset, list_data_collate
 from monai.transforms import Compose, EnsureTyped, RandCropByPosNegLabeld
 
-from domains.volumetric.predict import VolumePredictor
-from domains.volumetric.preprocessing import KEYS, VolumePreprocessing
-from domains.volumetric.task import SegmentationTask
-from domains.volumetric.validation import (
+from manifold_nas.data import DATASETS, DataBundle
+from manifold_nas.domains.volumetric.predict import VolumePredictor
+from manifold_nas.domains.volumetric.preprocessing import KEYS, VolumePreprocessing
+from manifold_nas.domains.volumetric.task import SegmentationTask
+from manifold_nas.domains.volumetric.validation import (
     check_channel_counts,
     check_patch_fits,
     check_segmentation_pair,
     read_datalist,
     read_image_header,
 )
-from manifold_nas.data import DATASETS, DataBundle
 from manifold_nas.errors import UserInputError
 
 __all__ = ["VolumePreprocessing", "build_datalist_dataset", "thick_slice_axis"]

@@ -44,9 +44,9 @@ from monai.transforms import (
 )
 from torch.nn import functional as F
 
-from domains.volumetric.data import build_datalist_dataset
-from domains.volumetric.generated import default_cache_root, write_generated_datalist
 from manifold_nas.data import DATASETS, DataBundle
+from manifold_nas.domains.volumetric.data import build_datalist_dataset
+from manifold_nas.domains.volumetric.generated import default_cache_root, write_generated_datalist
 from manifold_nas.errors import UserInputError
 
 __all__ = [

@@ -20,7 +20,7 @@ all-2D baseline really is 2D apart from strided through-plane sampling.
 One architecture parameter row per cell, in order: encoder cells level 0 →
 L-1, then decoder cells level L-2 → 0.
 
-Block-wise view (:class:`~manifold_nas.blockwise.BlockwiseNetwork`, used by
+Block-wise view (:class:`~manifold_nas.space.contracts.BlockwiseNetwork`, used by
 DNA): one block per encoder level (the downsampling into the level, then its
 cells), then one per decoder level (upsample, skip merge, cells). The
 boundary features are the stem's output, each encoder level's output (its
@@ -40,7 +40,8 @@ from monai.networks.layers.factories import Conv
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import Tensor, nn
 
-from domains.volumetric.ops import (
+from manifold_nas.data import DataBundle
+from manifold_nas.domains.volumetric.ops import (
     DEFAULT_ACT,
     DEFAULT_NORM,
     SPATIAL_DIMS,
@@ -48,13 +49,12 @@ from domains.volumetric.ops import (
     op_cost,
     per_axis_stride,
 )
-from manifold_nas.blockwise import NetworkBlock
-from manifold_nas.cell import ArchSpec, ChosenEdge
-from manifold_nas.data import DataBundle
 from manifold_nas.errors import UserInputError
-from manifold_nas.genotype import Genotype
-from manifold_nas.networks import NETWORKS, network_example
-from manifold_nas.opset import OpSet, OpSpec
+from manifold_nas.space.cell import ArchSpec, ChosenEdge
+from manifold_nas.space.contracts import NetworkBlock
+from manifold_nas.space.genotype import Genotype
+from manifold_nas.space.networks import NETWORKS, network_example
+from manifold_nas.space.opset import OpSet, OpSpec
 
 __all__ = [
     "ARCH_KEY",

@@ -46,7 +46,7 @@ from monai.networks.layers.factories import Conv
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
 
-from manifold_nas.opset import OpExample, OpSet, OpSpec, register_opset
+from manifold_nas.space.opset import OpExample, OpSet, OpSpec, register_opset
 
 __all__ = [
     "DEFAULT_ACT",

@@ -35,8 +35,8 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from domains.volumetric.preprocessing import VolumePreprocessing
-from domains.volumetric.validation import ImageSource, read_image_header
+from manifold_nas.domains.volumetric.preprocessing import VolumePreprocessing
+from manifold_nas.domains.volumetric.validation import ImageSource, read_image_header
 from manifold_nas.errors import UserInputError
 
 __all__ = [

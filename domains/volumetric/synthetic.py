@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from domains.volumetric.data import build_datalist_dataset
-from domains.volumetric.generated import default_cache_root, write_generated_datalist
 from manifold_nas.data import DATASETS, DataBundle
+from manifold_nas.domains.volumetric.data import build_datalist_dataset
+from manifold_nas.domains.volumetric.generated import default_cache_root, write_generated_datalist
 
 __all__ = [
     "SHAPE_CLASSES",

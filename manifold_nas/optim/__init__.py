@@ -5,7 +5,7 @@
   optimise a ``ManifoldParameter`` on it;
 * :class:`SimplexRelaxation` (``"simplex"``) and :class:`SphereRelaxation`
   (``"sphere"``): relaxations whose parameter carries that geometry,
-  registered in :data:`manifold_nas.relaxations.RELAXATIONS` on import;
+  registered in :data:`manifold_nas.space.relaxations.RELAXATIONS` on import;
 * :class:`ExponentiatedGradient` (GAEA) and :class:`NaturalGradient` (on
   logits): drop-in ``torch.optim.Optimizer`` subclasses;
 * :data:`ARCH_OPTIMIZERS` and :func:`build_optimizer`: every optimizer by name.

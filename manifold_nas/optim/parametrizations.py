@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from manifold_nas.optim.simplex import Simplex, default_min_prob
-from manifold_nas.relaxations import RELAXATIONS, Relaxation
+from manifold_nas.space.relaxations import RELAXATIONS, Relaxation
 
 __all__ = ["SimplexRelaxation", "SphereRelaxation", "kl_to_uniform"]
 

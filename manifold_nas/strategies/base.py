@@ -4,9 +4,9 @@ Modelled on the strategy base of NNI's NAS (``nni/nas/strategy/base.py``):
 a strategy is a small object with a ``run`` method and a state for resume.
 Everything a strategy shares with the others (config, data, run directory,
 metrics, checkpoints, builders, training and evaluation) lives in the
-:class:`~manifold_nas.run.Run` it is handed, so a new strategy is one file.
+:class:`~manifold_nas.run.context.Run` it is handed, so a new strategy is one file.
 
-The life cycle, driven by :meth:`manifold_nas.run.Run.search`:
+The life cycle, driven by :meth:`manifold_nas.run.context.Run.search`:
 
 1. ``setup(run)`` builds what the strategy's state refers to (a supernet and
    its optimizers, say), consuming the seeded random streams in a fixed order;
@@ -20,14 +20,13 @@ The life cycle, driven by :meth:`manifold_nas.run.Run.search`:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
-from manifold_nas.genotype import Genotype
+from manifold_nas.registry import Registry
+from manifold_nas.run.context import Run
+from manifold_nas.space.genotype import Genotype
 
-if TYPE_CHECKING:
-    from manifold_nas.run import Run
-
-__all__ = ["Strategy"]
+__all__ = ["STRATEGIES", "Strategy", "register_strategy"]
 
 
 class Strategy(ABC):
@@ -66,3 +65,21 @@ class Strategy(ABC):
     def summary(self, run: Run) -> dict[str, Any]:
         """Strategy-specific entries of ``summary.json`` (``final`` metrics at least)."""
         return {}
+
+
+#: every strategy by name; the built-in ones are entry points of ``pyproject.toml``
+#: like a third party's, so a strategy's module is imported only when it runs
+STRATEGIES: Registry[type[Strategy]] = Registry(
+    "strategies", entry_point_group="manifold_nas.strategies", singular="strategy"
+)
+
+
+def register_strategy(name: str):
+    """Class decorator: register a :class:`Strategy` subclass as ``name``."""
+
+    def add(cls: type[Strategy]) -> type[Strategy]:
+        cls.name = name
+        STRATEGIES.register(name, cls)
+        return cls
+
+    return add
