@@ -63,13 +63,13 @@ from benchmarks.ranking import (  # noqa: E402
     stand_alone_scores,
 )
 from manifold_nas.config import apply_overrides, load_config, parse_config  # noqa: E402
-from manifold_nas.run.context import Run, count_parameters  # noqa: E402
+from manifold_nas.cost.measure import count_parameters  # noqa: E402
+from manifold_nas.run.context import Run, stream_seed  # noqa: E402
 from manifold_nas.run.evaluation import evaluate_run  # noqa: E402
 from manifold_nas.search import search  # noqa: E402
 from manifold_nas.space.cell import ChosenEdge  # noqa: E402
 from manifold_nas.space.genotype import Genotype  # noqa: E402
 from manifold_nas.strategies.dna.combiner import Candidate, combine_blocks  # noqa: E402
-from manifold_nas.strategies.one_shot.paths import stream_seed  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 METHODS = ("dna", "random at budget", "bilevel at budget")

@@ -60,16 +60,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from manifold_nas.config import apply_overrides, parse_config  # noqa: E402
-from manifold_nas.run.context import Run  # noqa: E402
+from manifold_nas.run.context import (  # noqa: E402
+    Run,  # noqa: E402
+    trial_seed,
+)
 from manifold_nas.run.retrain import train_derived  # noqa: E402
 from manifold_nas.search import search  # noqa: E402
 from manifold_nas.space.sampling import random_genotype  # noqa: E402
-from manifold_nas.strategies.multi_trial.loop import (  # noqa: E402
-    EarlyStopping,
-    TrialJob,
-    train_trial,
-    trial_seed,
-)
+from manifold_nas.strategies.multi_trial.loop import EarlyStopping, TrialJob, train_trial  # noqa: E402
 
 NO_PROXY = {"network": {}, "downsample": 1, "data_fraction": 1.0, "epochs": None}
 PARTS = ("early_stopping", "throughput", "budget", "kendall")

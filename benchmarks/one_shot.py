@@ -58,9 +58,9 @@ from benchmarks.ranking import (  # noqa: E402
     stand_alone_scores,
 )
 from manifold_nas.config import Config, apply_overrides, load_config, parse_config  # noqa: E402
+from manifold_nas.run.context import stream_seed  # noqa: E402
 from manifold_nas.search import search  # noqa: E402
 from manifold_nas.space.genotype import Genotype  # noqa: E402
-from manifold_nas.strategies.one_shot.paths import stream_seed  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 STRATEGIES = ("cream", "spos (uniform)", "bilevel", "random search")

@@ -16,16 +16,12 @@ import torch
 from scipy.stats import kendalltau
 
 from manifold_nas.config import Config, apply_overrides, parse_config
-from manifold_nas.run.context import Run, count_parameters
+from manifold_nas.cost.measure import count_parameters
+from manifold_nas.run.context import Run, stream_seed
 from manifold_nas.run.retrain import train_derived
 from manifold_nas.space.genotype import Genotype
-from manifold_nas.strategies.one_shot.paths import (
-    PathSampler,
-    evaluate_path,
-    path_key,
-    recalibration_inputs,
-    stream_seed,
-)
+from manifold_nas.space.sampling import genotype_key
+from manifold_nas.strategies.one_shot.paths import PathSampler, evaluate_path, recalibration_inputs
 
 __all__ = [
     "inherited_scores",
@@ -51,7 +47,7 @@ def random_architectures(
             with torch.random.fork_rng(devices=[]):
                 if count_parameters(run.build_derived(path)) > budget:
                     continue
-        found.setdefault(path_key(path), path)
+        found.setdefault(genotype_key(path), path)
     if len(found) < n:
         within = "" if budget is None else f" within {budget:.0f} parameters"
         raise RuntimeError(f"found only {len(found)} of {n} random architectures{within}")

@@ -24,7 +24,8 @@ from benchmarks.common import (
     write_results,
 )
 from manifold_nas.config import parse_config
-from manifold_nas.run.context import build_data, build_network, count_parameters
+from manifold_nas.cost.measure import count_parameters
+from manifold_nas.run.context import build_data, build_network
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "vision" / "digits_darts.yaml"
 

@@ -165,7 +165,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     """Check a config end to end without training: keys, data, network, strategy."""
     from manifold_nas.config import load_config
-    from manifold_nas.run.context import Run, build_network, count_parameters
+    from manifold_nas.cost.measure import count_parameters
+    from manifold_nas.run.context import Run, build_network
     from manifold_nas.search import build_strategy, check_config
 
     config = load_config(args.config, args.overrides)

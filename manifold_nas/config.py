@@ -29,6 +29,9 @@ import yaml
 from manifold_nas.errors import UserInputError
 
 __all__ = [
+    "check_count",
+    "is_finite_number",
+    "positive_int",
     "Config",
     "ProxySettings",
     "SearchSettings",
@@ -51,6 +54,24 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def is_finite_number(value: Any) -> bool:
+    """An int or float (not a bool) that is finite."""
+    return _is_number(value)
+
+
+def check_count(name: str, value: Any, low: int) -> None:
+    """Refuse an option ``name`` that is not an integer ``>= low`` (``ValueError``)."""
+    if not _is_int(value) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def positive_int(option: str, value: Any) -> int:
+    """``value`` as an int (``3.0`` is 3), or a ValueError naming ``option`` unless it is a positive integer."""
+    if not _is_number(value) or value != int(value) or value < 1:
+        raise ValueError(f"{option} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def _int_at_least(low: int, optional: bool = False) -> Callable[[Any], str | None]:

@@ -139,6 +139,7 @@ class Registry(Generic[T]):
 
     def items(self) -> list[tuple[str, T]]:
         """Every ``(name, object)``, loading all entry points; a broken plugin is skipped with a warning."""
+        self._scan()
         for name in list(self._pending):
             try:
                 self.get(name)

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from manifold_nas.config import Config, call_with_options, check_options, split_name
+from manifold_nas.cost.measure import count_parameters
 from manifold_nas.data import DATASETS
 from manifold_nas.errors import UserInputError
 from manifold_nas.optim import ARCH_OPTIMIZERS
-from manifold_nas.run.context import Run, count_parameters
+from manifold_nas.run.context import Run
 from manifold_nas.run.directory import RunDirectory
 from manifold_nas.run.distributed import check_batch_norm_sync, current_world
 from manifold_nas.space.contracts import has_cost_model

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import geoopt
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 
 from .functional import invsqrtm, sqrtm, sym
@@ -102,7 +103,7 @@ class SPDBatchNorm(nn.Module):
 
     def batch_mean(self, X: Tensor) -> Tensor:
         """Karcher mean of ``X`` over the batch (and channel axis when pooled)."""
-        samples = X.reshape(-1, self.n, self.n) if self.channels is None else X
+        samples = rearrange(X, "b c n m -> (b c) n m") if self.channels is None else X
         return frechet_mean(samples, max_iter=self.max_iter, tol=self.tol)
 
     def forward(self, X: Tensor) -> Tensor:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 
 from .functional import invsqrtm, logm, sym
@@ -134,7 +135,8 @@ class TangentSpace(nn.Module):
         if self.training and not bool(self.fixed):
             self._update(X)
         whiten = invsqrtm(self.running_mean)
-        return upper_triangle(logm(sym(whiten @ X @ whiten))).flatten(1)
+        vectors = upper_triangle(logm(sym(whiten @ X @ whiten)))  # (B, C, n(n+1)/2)
+        return rearrange(vectors, "b c t -> b (c t)")
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, n={self.n}, momentum={self.momentum}"

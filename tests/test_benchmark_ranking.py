@@ -9,8 +9,9 @@ import torch
 
 from benchmarks.ranking import kendall_tau, random_architectures
 from manifold_nas.config import parse_config
-from manifold_nas.run.context import Run, count_parameters
-from manifold_nas.strategies.one_shot.paths import path_key
+from manifold_nas.cost.measure import count_parameters
+from manifold_nas.run.context import Run
+from manifold_nas.space.sampling import genotype_key
 from tests.support import TINY_SPD
 
 
@@ -23,11 +24,11 @@ def test_random_architectures_are_distinct_reproducible_and_within_budget(run: R
     sizes = sorted(count_parameters(run.build_derived(g)) for g in random_architectures(run, 8, 0))
     budget = sizes[len(sizes) // 2]
     drawn = random_architectures(run, 4, 1, budget)
-    assert len({path_key(g) for g in drawn}) == 4
+    assert len({genotype_key(g) for g in drawn}) == 4
     with torch.random.fork_rng(devices=[]):
         assert all(count_parameters(run.build_derived(g)) <= budget for g in drawn)
     again = random_architectures(run, 4, 1, budget)
-    assert [path_key(g) for g in again] == [path_key(g) for g in drawn]
+    assert [genotype_key(g) for g in again] == [genotype_key(g) for g in drawn]
 
 
 def test_random_architectures_refuse_an_impossible_budget(run: Run) -> None:

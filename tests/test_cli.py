@@ -140,6 +140,16 @@ def test_list_shows_every_registry(capsys):
     assert "sparsemax" in out and "opsets:" not in out
 
 
+def test_list_names_the_entry_point_strategies_and_op_sets_before_any_was_used(tmp_path):
+    # a fresh process: nothing has touched the registries, which read entry points lazily
+    listed = subprocess.run(
+        [sys.executable, "-m", "manifold_nas", "list", "strategies"],
+        capture_output=True, text=True, cwd=tmp_path, stdin=subprocess.DEVNULL, check=True,
+    ).stdout  # fmt: skip
+    for name in ("bilevel", "random", "evolution", "spos", "cream", "dna", "fox"):
+        assert f"  {name} " in listed
+
+
 def test_search_train_evaluate_plot_end_to_end(tmp_path, capsys, tiny_config_dict):
     out = tmp_path / "run"
     code, stdout, _ = run_cli(

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from manifold_nas.config import parse_config
+from manifold_nas.cost.measure import count_parameters
 from manifold_nas.errors import UserInputError
-from manifold_nas.run.context import Run, build_network, count_parameters
+from manifold_nas.run.context import Run, build_network
 from manifold_nas.search import search
 from manifold_nas.space.cell import ArchSpec, cell_arch_spec
 from manifold_nas.space.contracts import SearchableNetwork, check_searchable

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from einops import rearrange
 
 from manifold_nas.data import DataBundle
 from manifold_nas.errors import UserInputError
@@ -74,8 +75,8 @@ def block_diagonal(x: np.ndarray) -> np.ndarray:
     out = np.zeros((n_samples, channels, n, channels, n))
     diagonal = np.arange(channels)
     # Advanced indices split by a slice move to the front: the target is (C, N, n, n).
-    out[:, diagonal, :, diagonal, :] = np.moveaxis(x, 1, 0)
-    return out.reshape(n_samples, channels * n, channels * n)
+    out[:, diagonal, :, diagonal, :] = rearrange(x, "b c n m -> c b n m")
+    return rearrange(out, "b c n k m -> b (c n) (k m)")
 
 
 def mdm_accuracy(bundle: DataBundle) -> dict[str, Any]:

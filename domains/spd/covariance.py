@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from einops import rearrange
 
 from manifold_nas.errors import UserInputError
 
@@ -181,7 +182,7 @@ def covariance_features(
         covs /= np.trace(covs, axis1=-2, axis2=-1)[:, None, None]
 
     if windows_per_sample is not None:
-        covs = covs.reshape(len(samples), windows_per_sample, *covs.shape[1:])
+        covs = rearrange(covs, "(s w) n m -> s w n m", w=windows_per_sample)
     return covs
 
 
@@ -196,8 +197,7 @@ def delay_embedding(series: np.ndarray, dim: int, lag: int) -> np.ndarray:
     span = (dim - 1) * lag
     # (..., c, steps, span + 1) views; every lag-th entry of a view is one delay vector.
     views = np.lib.stride_tricks.sliding_window_view(series, span + 1, axis=-1)[..., ::lag]
-    delayed = np.moveaxis(views, -1, -3)  # (..., d, c, steps)
-    return delayed.reshape(*delayed.shape[:-3], -1, delayed.shape[-1])
+    return rearrange(views, "... c t d -> ... (d c) t")
 
 
 def default_embedding_lag(series: np.ndarray | Sequence[np.ndarray], dim: int) -> int:

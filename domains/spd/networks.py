@@ -19,6 +19,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -67,8 +68,9 @@ class Vectorize(nn.Module):
 
     def forward(self, X: Tensor) -> Tensor:
         if self.mode == "full":
-            return X.flatten(1)
-        return (X[..., self.rows, self.cols] * self.scale.to(X.dtype)).flatten(1)
+            return rearrange(X, "b c n m -> b (c n m)")
+        upper = X[..., self.rows, self.cols] * self.scale.to(X.dtype)  # (B, C, n(n+1)/2)
+        return rearrange(upper, "b c t -> b (c t)")
 
     def extra_repr(self) -> str:
         return f"n={self.n}, mode={self.mode!r}"

@@ -64,6 +64,7 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
+from einops import repeat
 from torch import Tensor, nn
 
 from manifold_nas.space.opset import OpExample, OpSet, OpSpec, register_opset
@@ -241,9 +242,10 @@ class WeightedPooling(nn.Module):
     def forward(self, X: Tensor) -> Tensor:
         weights = sparsemax(self.logits, dim=-1)  # (c_out, c_in)
         c_out, c_in = weights.shape
-        # Average over input channels (axis 0) for every (batch, output channel) pair.
-        stacked = X.movedim(1, 0).unsqueeze(2).expand(c_in, X.shape[0], c_out, *X.shape[-2:])
-        w = weights.t().unsqueeze(1).expand(c_in, X.shape[0], c_out)
+        # Average over input channels (axis 0) for every (batch, output channel) pair;
+        # repeat broadcasts (a stride-0 expand), it copies nothing.
+        stacked = repeat(X, "b i n m -> i b o n m", i=c_in, o=c_out)
+        w = repeat(weights, "o i -> i b o", b=X.shape[0])
         mean = frechet_mean(stacked, w, max_iter=MIX_MAX_ITER, tol=MIX_TOL)
         return self.bn(self.resize(mean))
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from einops import rearrange
 
 from manifold_nas.errors import UserInputError
 
@@ -132,7 +133,7 @@ def _checked_matrices(
     x: np.ndarray, source: str, regularize: bool, sym_tol: float, eps: float, max_eps: float
 ) -> np.ndarray:
     n_samples, n_channels, n = x.shape[:3]
-    flat = x.reshape(-1, n, n)
+    flat = rearrange(x, "b c n m -> (b c) n m")
     finite = np.isfinite(flat).all(axis=(-1, -2))
     # Non-finite matrices are swapped for I so that the batched checks below
     # run; they are refused before anything is returned.
@@ -164,14 +165,14 @@ def _checked_matrices(
 
     if regularize and (non_sym | non_pd).any():
         sym = _add_ridge(sym, non_pd, n_channels, source, eps, max_eps)
-        changed = (non_sym | non_pd).reshape(n_samples, n_channels).any(axis=1)
+        changed = rearrange(non_sym | non_pd, "(b c) -> b c", c=n_channels).any(axis=1)
         logger.warning(
             "%s: regularized %d of %d samples (symmetrised and/or ridge eps*tr(X)/n*I)",
             source,
             int(changed.sum()),
             n_samples,
         )
-    return sym.reshape(x.shape)
+    return rearrange(sym, "(b c) n m -> b c n m", c=n_channels)
 
 
 def _add_ridge(

@@ -30,6 +30,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+from einops import rearrange
 from monai.inferers import sliding_window_inference
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 from torch import Tensor, nn
@@ -127,7 +128,7 @@ def predict_volume(
     data = apply_orientation(data, ornt_transform(start, target))
     oriented_shape, oriented_zooms = header.oriented(settings.orientation)
 
-    image = torch.as_tensor(np.ascontiguousarray(np.moveaxis(data, -1, 0)))
+    image = torch.as_tensor(np.ascontiguousarray(rearrange(data, "x y z c -> c x y z")))
     for transform in settings.intensity_transform("image"):
         image = transform({"image": image})["image"]
     image = torch.as_tensor(image, dtype=torch.float32)[None]

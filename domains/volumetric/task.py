@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
+from einops import rearrange
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric, compute_dice
@@ -19,7 +20,8 @@ __all__ = ["SegmentationTask"]
 
 def _one_hot(labels: Tensor, num_classes: int) -> Tensor:
     """``(B, 1, *S)`` integer labels → ``(B, num_classes, *S)`` float one-hot."""
-    return F.one_hot(labels[:, 0].long(), num_classes).movedim(-1, 1).float()
+    one_hot = F.one_hot(labels[:, 0].long(), num_classes)  # (B, *S, K)
+    return rearrange(one_hot, "b ... k -> b k ...").float()
 
 
 class SegmentationTask(Task):

@@ -62,6 +62,7 @@ from manifold_nas.space.cell import SearchCell
 from manifold_nas.space.supernet import Supernet
 
 __all__ = [
+    "training_mode",
     "COST_KINDS",
     "CandidateOp",
     "LatencyStats",
@@ -201,7 +202,7 @@ def probe_inputs(
         for i, candidate in enumerate(candidates)
     ]
     try:
-        with torch.no_grad(), _mode(network, training=False):
+        with torch.no_grad(), training_mode(network, training=False):
             network(example_input, arch_weights)
     finally:
         for handle in handles:
@@ -214,7 +215,7 @@ def probe_inputs(
 
 # --------------------------------------------------------------------------- measurements
 @contextlib.contextmanager
-def _mode(module: nn.Module, training: bool) -> Iterator[nn.Module]:
+def training_mode(module: nn.Module, training: bool) -> Iterator[nn.Module]:
     """Set every submodule's ``training`` flag, restoring each one afterwards."""
     flags = [(m, m.training) for m in module.modules()]
     module.train(training)
@@ -343,7 +344,7 @@ def count_flops(module: nn.Module, x: Tensor) -> int:
 def _flop_counts(module: nn.Module, x: Tensor) -> tuple[int, int]:
     """(FlopCounterMode's own count, the eigh/SVD estimate) of one eval forward."""
     counter = FlopCounterMode(display=False, custom_mapping=dict(_LINALG_FORMULAS))
-    with torch.no_grad(), _mode(module, training=False), counter:
+    with torch.no_grad(), training_mode(module, training=False), counter:
         module(x)
     counts = counter.get_flop_counts().get("Global", {})
     linalg = sum(v for op, v in counts.items() if op in _LINALG_FORMULAS)
@@ -372,7 +373,7 @@ def training_memory(module: nn.Module, x: Tensor) -> int:
     x = x.detach().clone().requires_grad_(x.is_floating_point() or x.is_complex())
     with (
         torch.enable_grad(),
-        _mode(module, training=True),
+        training_mode(module, training=True),
         preserved_buffers(module),
         torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
     ):
@@ -410,7 +411,7 @@ def inference_memory(module: nn.Module, x: Tensor) -> int:
     """
     excluded = _state_storages(module)
     mode = _WorkingSetMode(_storages([x]), excluded)
-    with torch.no_grad(), _mode(module, training=False), mode:
+    with torch.no_grad(), training_mode(module, training=False), mode:
         module(x)
     return int(mode.peak)
 
@@ -444,7 +445,7 @@ def measure_latency(
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
     sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
     times = []
-    with torch.no_grad(), _mode(module, training=False):
+    with torch.no_grad(), training_mode(module, training=False):
         for _ in range(warmup):
             module(x)
         for _ in range(repeats):

@@ -124,7 +124,7 @@ def decode_genotype(
     """The genotype coded by ``row`` (the inverse of :func:`genotype_encoding`).
 
     Chosen edges are listed per cell type sorted by (target, source), the
-    order :func:`manifold_nas.strategies.fox.annealing.random_genotype` produces.
+    order :func:`manifold_nas.space.sampling.random_genotype` produces.
     """
     row = np.asarray(row)
     width = sum(len(spec.edges) for spec in specs.values())
@@ -145,7 +145,7 @@ def decode_genotype(
                 )
             chosen.append(ChosenEdge(spec.ops[code], source, target))
         cells[name] = tuple(sorted(chosen, key=lambda e: (e.target, e.source)))
-    return Genotype(opset_name, cells)
+    return Genotype(opset_name, cells, ops={name: spec.ops for name, spec in specs.items()})
 
 
 # --------------------------------------------------------------------------- features

@@ -23,6 +23,7 @@ import itertools
 import logging
 import random
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ from manifold_nas.cost.budget import (
     measured_cost_table,
     measured_penalty,
 )
+from manifold_nas.cost.measure import count_parameters
 from manifold_nas.cost.table import CostTable
 from manifold_nas.data import DATASETS, DataBundle
 from manifold_nas.errors import UserInputError
@@ -76,6 +78,8 @@ __all__ = [
     "make_loader",
     "seed_everything",
     "split_train",
+    "stream_seed",
+    "trial_seed",
 ]
 
 
@@ -86,14 +90,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def stream_seed(seed: int, stream: str) -> int:
+    """A seed for the named random stream of a run seeded ``seed`` (stable across processes)."""
+    return (seed * 1_000_003 + zlib.crc32(stream.encode())) % (2**31 - 1)
+
+
+def trial_seed(seed: int, trial: int) -> int:
+    """The seed of trial ``trial`` of a run seeded ``seed`` (independent of interruptions)."""
+    return (seed * 1_000_003 + 7_919 * (trial + 1)) % (2**31 - 1)
+
+
 def apply_threads(config: Config) -> None:
     """Honour ``threads:``; small-matrix work (SPD) runs fastest on one thread."""
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def build_data(config: Config) -> DataBundle:

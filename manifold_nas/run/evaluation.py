@@ -9,9 +9,10 @@ from typing import Any
 from torch import nn
 
 from manifold_nas.config import parse_config
+from manifold_nas.cost.measure import count_parameters
 from manifold_nas.errors import UserInputError
 from manifold_nas.run.checkpoint import load_torch_file
-from manifold_nas.run.context import Run, build_network, count_parameters
+from manifold_nas.run.context import Run, build_network
 from manifold_nas.space.genotype import Genotype
 
 __all__ = ["evaluate_run", "load_trained_network", "predict_run"]

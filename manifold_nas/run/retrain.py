@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from manifold_nas.config import Config
+from manifold_nas.cost.measure import count_parameters
 from manifold_nas.errors import UserInputError
 from manifold_nas.run.checkpoint import save_torch_atomically
-from manifold_nas.run.context import Run, build_network, count_parameters, split_train
+from manifold_nas.run.context import Run, build_network, split_train
 from manifold_nas.run.directory import TRAIN_FILES, RunDirectory
 from manifold_nas.run.distributed import current_world
 from manifold_nas.space.contracts import SearchableNetwork

@@ -10,9 +10,11 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -20,16 +22,31 @@ from manifold_nas.errors import UserInputError
 from manifold_nas.space.cell import ArchSpec, ChosenEdge
 from manifold_nas.space.genotype import Genotype
 
-__all__ = ["genotype_weights", "random_genotype"]
+__all__ = ["genotype_key", "genotype_weights", "random_genotype"]
 
 
 def random_genotype(
-    specs: Mapping[str, ArchSpec], opset: str, zero: str | None, rng: random.Random
+    specs: Mapping[str, ArchSpec],
+    opset: str,
+    zero: str | None = None,
+    rng: random.Random | np.random.Generator | int | None = None,
 ) -> Genotype:
-    """A uniformly random genotype of ``specs``, drawn with ``rng``."""
+    """A uniformly random genotype of ``specs``.
+
+    Each node keeps ``keep`` incoming edges drawn without replacement (all when
+    ``keep`` is 0), each with an op drawn uniformly from ``spec.ops`` without
+    the ``zero`` op; edges are listed by (target, source). ``rng`` is a
+    :class:`random.Random` (drawn from directly), or a numpy generator or a
+    seed, from which one integer seeds a :class:`random.Random` for the draw.
+    """
+    if not isinstance(rng, random.Random):
+        generator = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        rng = random.Random(int(generator.integers(2**63)))
     cells = {}
     for name, spec in specs.items():
         ops = [op for op in spec.ops if op != zero]
+        if not ops:
+            raise ValueError(f"{name} cell has no op besides the zero op")
         edges: list[ChosenEdge] = []
         for target in spec.targets:
             sources = [s for s, t in spec.edges if t == target]
@@ -40,14 +57,21 @@ def random_genotype(
 
 
 def genotype_weights(
-    genotype: Genotype, specs: Mapping[str, ArchSpec], dtype: torch.dtype = torch.float32
+    genotype: Genotype,
+    specs: Mapping[str, ArchSpec],
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
 ) -> dict[str, Tensor]:
-    """One-hot ``(edges, ops)`` weights per spec selecting exactly ``genotype``'s ops."""
+    """One-hot ``(edges, ops)`` weights per spec selecting exactly ``genotype``'s ops.
+
+    Given to a supernet, they make it compute exactly the derived network of
+    ``genotype`` (a single path of one-shot search); ``dtype`` defaults to float32.
+    """
     weights = {}
     for name, spec in specs.items():
         if name not in genotype.cells:
             raise UserInputError(f"genotype has no cell type {name!r}")
-        rows = torch.zeros(spec.shape, dtype=dtype)
+        rows = torch.zeros(spec.shape, dtype=dtype or torch.float32, device=device)
         index = {edge: e for e, edge in enumerate(spec.edges)}
         for edge in genotype.cells[name]:
             row = index.get((edge.source, edge.target))
@@ -59,3 +83,16 @@ def genotype_weights(
             rows[row, spec.ops.index(edge.op)] = 1.0
         weights[name] = rows
     return weights
+
+
+def genotype_key(genotype: Genotype) -> str:
+    """A canonical string of a genotype's edges: equal architectures, equal keys.
+
+    Genotypes hold dicts and are not hashable; the key names one exactly (its
+    ``ops``, probabilities and config aside), for de-duplication and caches.
+    """
+    cells = {
+        name: sorted([e.target, e.source, e.op] for e in edges)
+        for name, edges in genotype.cells.items()
+    }
+    return json.dumps(cells, sort_keys=True)

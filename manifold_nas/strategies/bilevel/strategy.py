@@ -25,9 +25,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from manifold_nas.config import call_with_options, split_name
+from manifold_nas.cost.measure import count_parameters
 from manifold_nas.optim import build_optimizer
 from manifold_nas.optim.state import load_optimizer_state
-from manifold_nas.run.context import Run, count_parameters
+from manifold_nas.run.context import Run
 from manifold_nas.space.contracts import has_cost_model
 from manifold_nas.space.diagnostics import (
     UNDECIDED_ENTROPY_RATIO,

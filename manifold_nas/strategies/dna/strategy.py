@@ -110,15 +110,23 @@ from torch import Tensor, nn
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
-from manifold_nas.config import Config, TrainSettings, parse_config, split_name
-from manifold_nas.cost.measure import count_flops
+from manifold_nas.config import (
+    Config,
+    TrainSettings,
+    check_count,
+    is_finite_number,
+    parse_config,
+    split_name,
+)
+from manifold_nas.cost.measure import count_flops, count_parameters, preserved_buffers
 from manifold_nas.errors import UserInputError
 from manifold_nas.optim import build_optimizer
 from manifold_nas.optim.state import load_optimizer_state
 from manifold_nas.run.checkpoint import load_torch_file, save_torch_atomically
-from manifold_nas.run.context import Run, build_network, count_parameters
+from manifold_nas.run.context import Run, build_network, stream_seed
 from manifold_nas.space.contracts import NetworkBlock, check_blockwise, has_cost_model
 from manifold_nas.space.genotype import Genotype
+from manifold_nas.space.sampling import genotype_weights
 from manifold_nas.strategies.base import Strategy, register_strategy
 from manifold_nas.strategies.dna.combiner import Candidate, combine_blocks, pareto_front
 from manifold_nas.strategies.dna.distillation import (
@@ -146,13 +154,8 @@ from manifold_nas.strategies.dna.units import (
 )
 from manifold_nas.strategies.one_shot import (
     PathSampler,
-    check_count,
-    is_finite_number,
-    path_weights,
-    preserved_buffers,
     recalibrate_batch_norm,
     recalibration_inputs,
-    stream_seed,
 )
 
 __all__ = ["COSTS", "BlockwiseDistillation"]
@@ -535,7 +538,7 @@ class BlockwiseDistillation(Strategy):
                 if s.max_steps_per_epoch is not None and step >= s.max_steps_per_epoch:
                     break
                 inputs, target = self._targets(i, run.inputs(batch)[0])
-                weights = path_weights(sampler.draw(), self.specs, run.dtype, run.device)
+                weights = genotype_weights(sampler.draw(), self.specs, run.dtype, run.device)
                 optimizer.zero_grad(set_to_none=True)
                 loss = loss_fn(distill(inputs, weights), target)
                 loss.backward()

@@ -50,6 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from manifold_nas.config import TrainSettings
+from manifold_nas.cost.measure import training_mode
 from manifold_nas.errors import UserInputError
 from manifold_nas.run.evaluation import load_trained_network
 from manifold_nas.space.contracts import INPUT, STAGE_FINDERS, BlockwiseNetwork
@@ -182,12 +183,12 @@ class ModuleStages(TeacherStages):
 
     @torch.no_grad()
     def features(self, x: Tensor) -> list[Tensor]:
-        with _eval(self.module):
+        with training_mode(self.module, False):
             return self._capture(x, None)[1]
 
     @torch.no_grad()
     def stitched(self, x: Tensor, last: Callable[[Tensor], Tensor]) -> Tensor:
-        with _eval(self.module):
+        with training_mode(self.module, False):
             return self._capture(x, last)[0]
 
 
@@ -204,29 +205,13 @@ class BlockStages(TeacherStages):
 
     @torch.no_grad()
     def features(self, x: Tensor) -> list[Tensor]:
-        with _eval(self.module):
+        with training_mode(self.module, False):
             return list(self.module.block_features(x))
 
     @torch.no_grad()
     def stitched(self, x: Tensor, last: Callable[[Tensor], Tensor]) -> Tensor:
-        with _eval(self.module):
+        with training_mode(self.module, False):
             return self.module.head(last(self.module.block_features(x)[0]))
-
-
-class _eval:
-    """Run a module in eval mode, restoring every submodule's flag afterwards."""
-
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
-
-    def __enter__(self) -> nn.Module:
-        self.flags = [(m, m.training) for m in self.module.modules()]
-        self.module.eval()
-        return self.module
-
-    def __exit__(self, *exc: object) -> None:
-        for m, flag in self.flags:
-            m.training = flag
 
 
 def teacher_stages(network: nn.Module, names: Sequence[str] | None = None) -> TeacherStages:

@@ -17,24 +17,19 @@ cached per state key, so a revisited state costs nothing and is counted once.
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from manifold_nas.predictors.linear import genotype_encoding
 from manifold_nas.space.cell import ArchSpec, ChosenEdge
 from manifold_nas.space.genotype import Genotype
-from manifold_nas.space.sampling import random_genotype as sample_genotype
 
 __all__ = [
     "AnnealResult",
     "anneal",
-    "genotype_key",
     "genotype_neighbours",
-    "random_genotype",
     "temperatures",
 ]
 
@@ -133,7 +128,7 @@ def anneal(
 
     States need not be hashable: ``key(x)`` (default: ``x`` itself) names a
     state for the caches and for uniqueness among the best; for genotypes
-    pass :func:`genotype_key`. ``feasible=None`` admits every state.
+    pass :func:`manifold_nas.space.sampling.genotype_key`. ``feasible=None`` admits every state.
 
     Returns
     -------
@@ -235,47 +230,8 @@ def anneal(
 # --------------------------------------------------------------------------- genotypes
 
 
-def genotype_key(
-    specs: Mapping[str, ArchSpec], zero: str | None = None
-) -> Callable[[Genotype], tuple[int, ...]]:
-    """A ``key`` for :func:`anneal` over genotypes: the integer encoding as a tuple.
-
-    :class:`Genotype` holds dicts and is not hashable; its encoding (see
-    :func:`manifold_nas.predictors.linear.genotype_encoding`) names it exactly.
-    """
-
-    def key(genotype: Genotype) -> tuple[int, ...]:
-        return tuple(genotype_encoding(genotype, specs, zero).tolist())
-
-    return key
-
-
 def _as_rng(rng: Rng | int | None) -> Rng:
     return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-
-
-def random_genotype(
-    specs: Mapping[str, ArchSpec],
-    opset: str,
-    zero: str | None = None,
-    rng: Rng | int | None = None,
-) -> Genotype:
-    """A uniformly random genotype of the space ``specs``, drawn with a numpy generator.
-
-    The draw itself is :func:`manifold_nas.space.sampling.random_genotype` (``keep``
-    incoming edges per node without replacement, all when ``keep`` is 0, each
-    with an op drawn uniformly from ``spec.ops`` without the ``zero`` op;
-    edges listed by (target, source)), on a :class:`random.Random` seeded
-    by one integer drawn from ``rng``, so both samplers share one definition.
-    The genotype carries no ``ops`` (as :func:`~manifold_nas.predictors.linear.decode_genotype`
-    returns it), so drawn and decoded genotypes compare equal.
-    """
-    stream = random.Random(int(_as_rng(rng).integers(2**63)))
-    for name, spec in specs.items():
-        if not [op for op in spec.ops if op != zero]:
-            raise ValueError(f"{name} cell has no op besides the zero op")
-    drawn = sample_genotype(specs, opset, zero, stream)
-    return Genotype(drawn.opset, drawn.cells)
 
 
 def genotype_neighbours(

@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from manifold_nas.config import positive_int
 from manifold_nas.cost.budget import (
     GenotypeCost,
     cheapest_genotype,
@@ -69,32 +70,23 @@ from manifold_nas.predictors.performance import (
     r_squared,
     write_performance_report,
 )
-from manifold_nas.run.context import Run
+from manifold_nas.run.context import Run, stream_seed, trial_seed
 from manifold_nas.space.genotype import Genotype
-from manifold_nas.space.sampling import random_genotype as draw_genotype
+from manifold_nas.space.sampling import genotype_key, random_genotype
 from manifold_nas.strategies.base import Strategy, register_strategy
-from manifold_nas.strategies.fox.annealing import (
-    anneal,
-    genotype_key,
-    genotype_neighbours,
-    random_genotype,
-)
+from manifold_nas.strategies.fox.annealing import anneal, genotype_neighbours
 from manifold_nas.strategies.multi_trial import (
     TrialJob,
     check_proxy,
     open_backend,
-    positive_int,
     train_trial,
     trial_epochs,
-    trial_seed,
 )
 from manifold_nas.strategies.one_shot import (
     SinglePathOneShot,
     evaluate_path,
     path_from_cells,
-    path_key,
     recalibration_inputs,
-    stream_seed,
 )
 
 __all__ = ["FoxSearch"]
@@ -339,8 +331,8 @@ class FoxSearch(Strategy):
         for _ in range(DRAWS_PER_SAMPLE * self.n_samples):
             if len(found) == self.n_samples:
                 break
-            genotype = draw_genotype(self.specs, run.opset.name, self.zero, rng)
-            found.setdefault(path_key(genotype), genotype.to_dict()["cells"])
+            genotype = random_genotype(self.specs, run.opset.name, self.zero, rng)
+            found.setdefault(genotype_key(genotype), genotype.to_dict()["cells"])
         if len(found) < 3:
             raise UserInputError(
                 f"the search space holds {len(found)} distinct sub-network(s); fox needs at least 3"
@@ -514,7 +506,7 @@ class FoxSearch(Strategy):
             feasible,
             genotype_neighbours(self.specs, self.zero, max_changes=self.max_changes),
             start,
-            key=genotype_key(self.specs, self.zero),
+            key=genotype_key,
             seed=stream_seed(run.config.seed, "fox anneal"),
             **self.anneal_options,
         )
@@ -542,9 +534,9 @@ class FoxSearch(Strategy):
             return evaluate_path(
                 run, self.trainer.supernet, genotype, self.specs, self._recalibration(run)
             )
-        key = path_key(genotype)
+        key = genotype_key(genotype)
         for index, cells in enumerate(self.samples):
-            if index in self.labels and path_key(path_from_cells(cells, self.specs, "")) == key:
+            if index in self.labels and genotype_key(path_from_cells(cells, self.specs, "")) == key:
                 return dict(self.labels[index]["valid"])
         found: dict[str, Any] = {}
         job = self._trial_job(run, len(self.samples), genotype.to_dict()["cells"])

@@ -15,13 +15,7 @@ inner modules stay private to this family.
 """
 
 from manifold_nas.strategies.multi_trial.backends import TrialBackend, open_backend
-from manifold_nas.strategies.multi_trial.loop import (
-    MultiTrialSearch,
-    TrialJob,
-    positive_int,
-    train_trial,
-    trial_seed,
-)
+from manifold_nas.strategies.multi_trial.loop import MultiTrialSearch, TrialJob, train_trial
 from manifold_nas.strategies.multi_trial.proxy import check_proxy, trial_epochs
 
 __all__ = [
@@ -29,9 +23,7 @@ __all__ = [
     "TrialBackend",
     "TrialJob",
     "open_backend",
-    "positive_int",
     "check_proxy",
     "train_trial",
     "trial_epochs",
-    "trial_seed",
 ]

@@ -25,13 +25,14 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from manifold_nas.config import positive_int
 from manifold_nas.errors import UserInputError
 from manifold_nas.run.context import Run
 from manifold_nas.space.cell import ArchSpec, ChosenEdge
 from manifold_nas.space.genotype import Genotype, parse_cells
 from manifold_nas.space.sampling import random_genotype
 from manifold_nas.strategies.base import Strategy, register_strategy
-from manifold_nas.strategies.multi_trial.loop import MultiTrialSearch, positive_int
+from manifold_nas.strategies.multi_trial.loop import MultiTrialSearch
 
 __all__ = ["RegularizedEvolution", "mutate"]
 

@@ -54,9 +54,10 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Subset
 
-from manifold_nas.config import check_options
+from manifold_nas.config import check_options, positive_int
+from manifold_nas.cost.measure import count_parameters
 from manifold_nas.errors import UserInputError
-from manifold_nas.run.context import Run, build_network, count_parameters, seed_everything
+from manifold_nas.run.context import Run, build_network, seed_everything, trial_seed
 from manifold_nas.space.genotype import Genotype, parse_cells
 from manifold_nas.strategies.multi_trial.backends import TrialBackend, open_backend
 from manifold_nas.strategies.multi_trial.early_stopping import (
@@ -82,27 +83,12 @@ __all__ = [
     "architecture_features",
     "best_trial",
     "plot_trials",
-    "positive_int",
     "train_trial",
-    "trial_seed",
     "trials_csv",
 ]
 
 #: candidates drawn in a row over ``max_parameters`` before the search gives up
 MAX_REJECTED_DRAWS = 100
-
-
-def positive_int(option: str, value: Any) -> int:
-    """``value`` as an int, or a ValueError naming ``option`` unless it is a positive integer."""
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not number or not math.isfinite(value) or value != int(value) or value < 1:
-        raise ValueError(f"{option} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def trial_seed(seed: int, trial: int) -> int:
-    """The seed of trial ``trial`` of a run seeded ``seed`` (independent of interruptions)."""
-    return (seed * 1_000_003 + 7_919 * (trial + 1)) % (2**31 - 1)
 
 
 # -- early-stopping rules ------------------------------------------------------------

@@ -21,11 +21,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from manifold_nas.run.context import Run
+from manifold_nas.run.context import Run, trial_seed
 from manifold_nas.space.genotype import Genotype
 from manifold_nas.space.sampling import random_genotype
 from manifold_nas.strategies.base import Strategy, register_strategy
-from manifold_nas.strategies.multi_trial.loop import MultiTrialSearch, trial_seed
+from manifold_nas.strategies.multi_trial.loop import MultiTrialSearch
 
 __all__ = ["RandomSearch", "trial_seed"]
 

@@ -13,30 +13,18 @@ DNA samples paths per block) is exported here.
 
 from manifold_nas.strategies.one_shot.paths import (
     PathSampler,
-    check_count,
     evaluate_path,
-    is_finite_number,
     path_from_cells,
-    path_key,
-    path_weights,
-    preserved_buffers,
     recalibrate_batch_norm,
     recalibration_inputs,
-    stream_seed,
 )
 from manifold_nas.strategies.one_shot.spos import SinglePathOneShot
 
 __all__ = [
     "PathSampler",
     "SinglePathOneShot",
-    "check_count",
     "evaluate_path",
-    "is_finite_number",
     "path_from_cells",
-    "path_key",
-    "path_weights",
-    "preserved_buffers",
     "recalibrate_batch_norm",
     "recalibration_inputs",
-    "stream_seed",
 ]

@@ -91,20 +91,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from manifold_nas.config import check_count, is_finite_number
+from manifold_nas.cost.measure import preserved_buffers
 from manifold_nas.errors import UserInputError
-from manifold_nas.optim.geometry import riemannian_gradient
+from manifold_nas.optim.geometry import retract, riemannian_gradient
 from manifold_nas.optim.state import load_optimizer_state
 from manifold_nas.run.context import Run
 from manifold_nas.space.genotype import Genotype
+from manifold_nas.space.sampling import genotype_key, genotype_weights
 from manifold_nas.strategies.base import register_strategy
-from manifold_nas.strategies.one_shot.paths import (
-    check_count,
-    is_finite_number,
-    path_from_cells,
-    path_key,
-    path_weights,
-    preserved_buffers,
-)
+from manifold_nas.strategies.one_shot.paths import path_from_cells
 from manifold_nas.strategies.one_shot.spos import SinglePathOneShot
 
 LOGGER = logging.getLogger("manifold_nas")
@@ -135,7 +131,7 @@ class BoardEntry:
 
     @property
     def key(self) -> str:
-        return path_key(self.path)
+        return genotype_key(self.path)
 
 
 def board_order(entry: BoardEntry) -> tuple[float, float, int]:
@@ -205,24 +201,6 @@ class MetaMatchingNetwork(nn.Module):
         return self.linear(self.features(student, board)).squeeze(-1)
 
 
-def _differentiable_retract(param: Tensor, direction: Tensor) -> Tensor:
-    """``param`` moved along ``direction`` by its retraction, with a derivative in ``direction``.
-
-    Plain parameters move by addition (exact). For a manifold parameter the
-    value is the manifold's retraction and the derivative is the
-    retraction's differential at zero, the identity on tangent vectors
-    (:math:`DR_w(0) = \\mathrm{id}`): geoopt's retractions work in place and
-    cannot be differentiated, and the difference is of second order in the
-    (small) step.
-    """
-    manifold = getattr(param, "manifold", None)
-    point = param.detach().as_subclass(Tensor)
-    if manifold is None:
-        return point + direction
-    moved = manifold.retr(point, direction.detach()).as_subclass(Tensor)
-    return moved + (direction - direction.detach())
-
-
 def unrolled_meta_gradient(
     supernet: nn.Module,
     arch_weights: Mapping[str, Tensor],
@@ -253,7 +231,9 @@ def unrolled_meta_gradient(
         kd = torch.zeros_like(param) if kd is None else kd
         task = torch.zeros_like(param) if task is None else task
         direction = (m * kd + (2 - m) * task) / 2
-        stepped[name] = _differentiable_retract(param, -lr * riemannian_gradient(param, direction))
+        stepped[name] = retract(
+            param, -lr * riemannian_gradient(param, direction), differentiable=True
+        )
     buffers = {n: b.clone() for n, b in supernet.named_buffers()}
     x_val, y_val = val_batch
     out = functional_call(
@@ -433,7 +413,7 @@ class Cream(SinglePathOneShot):
     def train_step(self, run: Run, path: Genotype, batch: Any) -> dict[str, Any]:
         task = run.task
         x, y = run.inputs(batch)
-        weights = path_weights(path, self.specs, run.dtype, run.device)
+        weights = genotype_weights(path, self.specs, run.dtype, run.device)
         board_record: dict[str, Any] = {}
         teacher, student_probe, held_out = None, None, None
         if self.epoch >= self.warmup_epochs:
@@ -451,7 +431,7 @@ class Cream(SinglePathOneShot):
                 k = int(torch.argmax(scores))
                 teacher = self.board[k]
                 weight = float(torch.sigmoid(scores[k]))
-                teacher_weights = path_weights(teacher.path, self.specs, run.dtype, run.device)
+                teacher_weights = genotype_weights(teacher.path, self.specs, run.dtype, run.device)
                 targets = self._batch_statistics_forward(x, teacher_weights).softmax(dim=1)
                 board_record.update(teacher=k, matching_weight=weight)
 

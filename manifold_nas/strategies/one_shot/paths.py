@@ -11,7 +11,7 @@ it. This module holds what they share:
   op per kept edge from a prior, uniform by default), mutates and crosses
   them for evolutionary search; its state is a Python ``random`` state, so a
   resumed search draws the same paths;
-* :func:`path_weights` gives the one-hot weights under which the supernet
+* :func:`genotype_weights` gives the one-hot weights under which the supernet
   computes exactly a path: :class:`~manifold_nas.space.cell.MixedEdge` runs only
   the ops whose weight is non-zero, and every op set's mixing returns a single
   output unchanged (a weighted sum times 1; the SPD Fréchet mean of one
@@ -30,24 +30,21 @@ it. This module holds what they share:
 
 from __future__ import annotations
 
-import json
-import math
 import random
-import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from manifold_nas.cost.measure import COST_KINDS, preserved_buffers
+from manifold_nas.config import is_finite_number
+from manifold_nas.cost.measure import COST_KINDS, count_parameters, preserved_buffers, training_mode
 from manifold_nas.cost.table import build_cost_table, derived_cost, genotype_choices
 from manifold_nas.errors import UserInputError
-from manifold_nas.run.context import count_parameters
 from manifold_nas.space.cell import ArchSpec, ChosenEdge
 from manifold_nas.space.contracts import has_cost_model
 from manifold_nas.space.genotype import Genotype, parse_cells
-from manifold_nas.space.sampling import genotype_weights
+from manifold_nas.space.sampling import genotype_key, genotype_weights
 
 if TYPE_CHECKING:
     from manifold_nas.run.context import Run
@@ -57,37 +54,21 @@ __all__ = [
     "PathCost",
     "PathSampler",
     "check_cost_kind",
-    "check_count",
     "check_prior",
     "evaluate_path",
-    "is_finite_number",
     "path_from_cells",
-    "path_key",
-    "path_weights",
+    "genotype_weights",
     "preserved_buffers",
     "recalibrate_batch_norm",
     "recalibration_inputs",
     "search_paths",
-    "stream_seed",
 ]
 
 #: the ways :func:`search_paths` explores paths
 FINAL_SEARCHES = ("evolution", "random")
 
 
-def stream_seed(seed: int, stream: str) -> int:
-    """A seed for the named random stream of a run seeded ``seed`` (stable across processes)."""
-    return (seed * 1_000_003 + zlib.crc32(stream.encode())) % (2**31 - 1)
-
-
 # -- paths --------------------------------------------------------------------------
-def path_key(path: Genotype) -> str:
-    """A canonical string of a path's edges (equal paths, equal keys)."""
-    cells = {
-        name: sorted([e.target, e.source, e.op] for e in edges)
-        for name, edges in path.cells.items()
-    }
-    return json.dumps(cells, sort_keys=True)
 
 
 def path_from_cells(
@@ -95,17 +76,6 @@ def path_from_cells(
 ) -> Genotype:
     """A path from its JSON cells (``{cell_type: [[op, source, target], ...]}``)."""
     return Genotype(opset, parse_cells(cells), ops={name: spec.ops for name, spec in specs.items()})
-
-
-def path_weights(
-    path: Genotype,
-    specs: Mapping[str, ArchSpec],
-    dtype: torch.dtype | None = None,
-    device: torch.device | str = "cpu",
-) -> dict[str, Tensor]:
-    """The one-hot ``(edges, ops)`` weights that make the supernet compute exactly ``path``."""
-    weights = genotype_weights(path, specs, dtype or torch.float32)
-    return {name: w.to(device) for name, w in weights.items()}
 
 
 class PathSampler:
@@ -268,18 +238,6 @@ def _is_weight(value: Any) -> bool:
     return is_finite_number(value) and value >= 0
 
 
-def is_finite_number(value: Any) -> bool:
-    """An int or float (not a bool) that is finite."""
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return number and math.isfinite(value)
-
-
-def check_count(name: str, value: Any, low: int) -> None:
-    """Refuse an option ``name`` that is not an integer ``>= low`` (``ValueError``)."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
 def _nodes(path: Genotype, specs: Mapping[str, ArchSpec]) -> dict[str, dict[int, list[ChosenEdge]]]:
     nodes: dict[str, dict[int, list[ChosenEdge]]] = {}
     for name, spec in specs.items():
@@ -316,23 +274,20 @@ def recalibrate_batch_norm(
     """
     modules = _running_statistics(network)
     momenta = [(m, m.momentum) for m in modules]
-    flags = [(m, m.training) for m in network.modules()]
-    network.train()
     count = 0
     try:
-        for k, x in enumerate(inputs):
-            for m in modules:
-                m.momentum = 1.0 / (k + 1)
-            if arch_weights is None:
-                network(x)
-            else:
-                network(x, arch_weights)
-            count += 1
+        with training_mode(network, True):
+            for k, x in enumerate(inputs):
+                for m in modules:
+                    m.momentum = 1.0 / (k + 1)
+                if arch_weights is None:
+                    network(x)
+                else:
+                    network(x, arch_weights)
+                count += 1
     finally:
         for m, momentum in momenta:
             m.momentum = momentum
-        for m, flag in flags:
-            m.training = flag
     return count
 
 
@@ -366,7 +321,7 @@ def evaluate_path(
     (:func:`recalibrate_batch_norm`); the network's buffers are restored
     afterwards, so scoring paths never changes the supernet.
     """
-    weights = path_weights(path, specs, run.dtype, run.device)
+    weights = genotype_weights(path, specs, run.dtype, run.device)
     with preserved_buffers(network):
         recalibrate_batch_norm(network, recalibration, weights)
         return run.evaluate(network, dataset, arch_weights=weights)
@@ -422,7 +377,7 @@ class PathCost:
                 self._table = build_cost_table(network, x, latency=kind == "latency_ms")
 
     def __call__(self, path: Genotype) -> float:
-        key = path_key(path)
+        key = genotype_key(path)
         if key not in self._cache:
             self._cache[key] = self._measure(path)
         return self._cache[key]
@@ -432,7 +387,7 @@ class PathCost:
             with torch.random.fork_rng(devices=[]):
                 return float(count_parameters(self.run.build_derived(path)))
         if self.kind.startswith("network:"):
-            weights = path_weights(path, self.specs, self.run.dtype, self.run.device)
+            weights = genotype_weights(path, self.specs, self.run.dtype, self.run.device)
             cost = self.network.expected_cost(weights, kind=self.kind.removeprefix("network:"))
             return float(cost)
         table = self._table
@@ -468,7 +423,7 @@ def search_paths(
     patience = 50
 
     def try_add(path: Genotype) -> bool:
-        key = path_key(path)
+        key = genotype_key(path)
         if key in seen or (admissible is not None and not admissible(path)):
             return False
         seen.add(key)

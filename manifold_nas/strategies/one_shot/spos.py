@@ -33,25 +33,24 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from manifold_nas.config import check_count, is_finite_number
+from manifold_nas.cost.measure import count_parameters
 from manifold_nas.optim.state import load_optimizer_state
-from manifold_nas.run.context import Run, count_parameters
+from manifold_nas.run.context import Run, stream_seed
 from manifold_nas.space.diagnostics import edge_entropies, parameter_free_count
 from manifold_nas.space.genotype import Genotype
+from manifold_nas.space.sampling import genotype_weights
 from manifold_nas.strategies.base import Strategy, register_strategy
 from manifold_nas.strategies.one_shot.paths import (
     FINAL_SEARCHES,
     PathCost,
     PathSampler,
     check_cost_kind,
-    check_count,
     check_prior,
     evaluate_path,
-    is_finite_number,
     path_from_cells,
-    path_weights,
     recalibration_inputs,
     search_paths,
-    stream_seed,
 )
 
 __all__ = ["SinglePathOneShot"]
@@ -206,7 +205,7 @@ class SinglePathOneShot(Strategy):
         )
         for step, batch in enumerate(bar):
             path = self.sampler.sample(self.admissible)
-            for name, w in path_weights(path, self.specs).items():
+            for name, w in genotype_weights(path, self.specs).items():
                 self.frequencies[name] += w.double()
             record = {"type": "step", "epoch": self.epoch, "step": step}
             record.update(self.train_step(run, path, batch))
@@ -229,7 +228,7 @@ class SinglePathOneShot(Strategy):
     def train_step(self, run: Run, path: Genotype, batch: Any) -> dict[str, Any]:
         """One weight step of ``path`` on ``batch``; returns the step's numbers."""
         x, y = run.inputs(batch)
-        weights = path_weights(path, self.specs, run.dtype, run.device)
+        weights = genotype_weights(path, self.specs, run.dtype, run.device)
         self.weight_optimizer.zero_grad(set_to_none=True)
         out = self.supernet(x, weights)
         loss = run.task.loss(out, y)

@@ -11,10 +11,12 @@ from support import TINY_SPD
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from manifold_nas.config import parse_config
-from manifold_nas.run.context import Run, count_parameters
+from manifold_nas.cost.measure import count_parameters, preserved_buffers
+from manifold_nas.run.context import Run
 from manifold_nas.space.cell import ChosenEdge, MixedEdge, SearchCell, cell_arch_spec
 from manifold_nas.space.genotype import Genotype
 from manifold_nas.space.opset import OPSETS
+from manifold_nas.space.sampling import genotype_key, genotype_weights
 from manifold_nas.strategies.one_shot.cream import (
     BoardEntry,
     Cream,
@@ -27,9 +29,6 @@ from manifold_nas.strategies.one_shot.paths import (
     PathCost,
     PathSampler,
     evaluate_path,
-    path_key,
-    path_weights,
-    preserved_buffers,
     recalibrate_batch_norm,
     search_paths,
 )
@@ -87,10 +86,10 @@ def test_a_restored_sampler_draws_the_same_paths():
     sampler = PathSampler({"normal": TOY}, "toy", "none", seed=2)
     sampler.draw()
     state = copy.deepcopy(sampler.state_dict())
-    expected = [path_key(sampler.draw()) for _ in range(5)]
+    expected = [genotype_key(sampler.draw()) for _ in range(5)]
     again = PathSampler({"normal": TOY}, "toy", "none", seed=99)
     again.load_state_dict(state)
-    assert [path_key(again.draw()) for _ in range(5)] == expected
+    assert [genotype_key(again.draw()) for _ in range(5)] == expected
 
 
 def test_search_over_paths_scores_distinct_paths_and_stops_when_the_space_is_exhausted():
@@ -98,7 +97,7 @@ def test_search_over_paths_scores_distinct_paths_and_stops_when_the_space_is_exh
     sampler = PathSampler({"c": spec}, "toy", None, seed=0)
     scored = search_paths(lambda p: 0.0, sampler, 20, "evolution", population=3)
     assert len(scored) == 8
-    assert len({path_key(p) for p, _ in scored}) == 8
+    assert len({genotype_key(p) for p, _ in scored}) == 8
 
 
 def test_evolution_finds_the_best_path_of_a_small_space_within_its_budget():
@@ -150,7 +149,7 @@ def _train_a_few_paths(run, supernet, steps=3):
     optimizer = torch.optim.SGD(supernet.weight_parameters(), lr=0.05)
     for _, batch in zip(range(steps), run.loader(run.weight_set, 16, True, 0)):
         x, y = run.inputs(batch)
-        weights = path_weights(sampler.draw(), supernet.specs, run.dtype)
+        weights = genotype_weights(sampler.draw(), supernet.specs, run.dtype)
         optimizer.zero_grad()
         run.task.loss(supernet(x, weights), y).backward()
         optimizer.step()
@@ -171,7 +170,7 @@ def test_single_path_forward_equals_the_derived_network_with_the_inherited_weigh
     derived.train(mode == "train")
     with torch.no_grad():
         assert torch.allclose(
-            supernet(x, path_weights(path, supernet.specs)), derived(x), atol=1e-6
+            supernet(x, genotype_weights(path, supernet.specs)), derived(x), atol=1e-6
         )
 
 
@@ -185,7 +184,7 @@ def test_single_path_forward_equals_the_derived_volumetric_network():
     derived.load_state_dict({k: supernet_state[k] for k in derived.state_dict()})
     x, _ = first_batch(run, run.valid_set, 1)
     with torch.no_grad():
-        assert torch.allclose(supernet(x, path_weights(path, supernet.specs)), derived(x))
+        assert torch.allclose(supernet(x, genotype_weights(path, supernet.specs)), derived(x))
 
 
 @pytest.mark.parametrize("domain", ["vision", "spd"])
@@ -308,14 +307,14 @@ def test_the_board_stores_the_students_probe_outputs_not_the_teachers(tiny_confi
     before = {k: v.clone() for k, v in cream.supernet.state_dict().items()}
     record = cream.train_step(run, student_path, next(batches))
     assert record["board"]["teacher"] == 0 and record["board"]["entered"]
-    stored = next(e for e in cream.board if e.key == path_key(student_path)).outputs
+    stored = next(e for e in cream.board if e.key == genotype_key(student_path)).outputs
 
     cream.supernet.load_state_dict(before)  # the weights the student was measured with
     cream.supernet.train()
 
     def probe_probabilities(path):
         with torch.no_grad(), preserved_buffers(cream.supernet):
-            return cream.supernet(cream.probe, path_weights(path, cream.specs)).softmax(dim=1)
+            return cream.supernet(cream.probe, genotype_weights(path, cream.specs)).softmax(dim=1)
 
     assert torch.allclose(stored, probe_probabilities(student_path))
     assert not torch.allclose(stored, probe_probabilities(teacher_path), atol=1e-3)
@@ -329,8 +328,8 @@ def test_the_meta_gradient_matches_finite_differences_of_the_unrolled_objective(
     supernet = run.build_supernet().double().train()
     specs = supernet.specs
     sampler = PathSampler(specs, "darts", "none", seed=7)
-    student = path_weights(sampler.draw(), specs, torch.float64)
-    teacher = path_weights(sampler.draw(), specs, torch.float64)
+    student = genotype_weights(sampler.draw(), specs, torch.float64)
+    teacher = genotype_weights(sampler.draw(), specs, torch.float64)
     (x, y), (x_val, y_val) = (
         first_batch(run, run.weight_set, 16),
         first_batch(run, run.valid_set, 16),

@@ -10,10 +10,11 @@ import torch
 from torch import nn
 
 from manifold_nas.domains.vision.networks import DartsNetwork, SimpleCNN
-from manifold_nas.domains.volumetric.baselines import MonaiUNetBaseline
+from manifold_nas.domains.volumetric.baselines import MonaiUNetBaseline, monai_unet_stage_names
 from manifold_nas.domains.volumetric.network import VolumetricNet
 from manifold_nas.errors import UserInputError
 from manifold_nas.space.cell import ChosenEdge, cell_arch_spec
+from manifold_nas.space.contracts import INPUT
 from manifold_nas.space.opset import OPSETS
 from manifold_nas.space.sampling import genotype_weights, random_genotype
 from manifold_nas.strategies.dna.distillation import (
@@ -24,10 +25,8 @@ from manifold_nas.strategies.dna.distillation import (
 )
 from manifold_nas.strategies.dna.strategy import BlockwiseDistillation
 from manifold_nas.strategies.dna.teacher import (
-    INPUT,
     BlockStages,
     ModuleStages,
-    monai_unet_stage_names,
     parse_teacher_spec,
     teacher_stages,
 )

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from support import REPO
 
 from manifold_nas.config import parse_config
 from manifold_nas.run.retrain import train_derived
 from manifold_nas.search import search
 from manifold_nas.space.genotype import Genotype
 
-REPO = Path(__file__).resolve().parents[1]
 EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 from conftest import TINY_VISION
-from support import TINY_SPD, TINY_VOLUMETRIC, logged, read_records, search_killed_when
+from support import REPO, TINY_SPD, TINY_VOLUMETRIC, logged, read_records, search_killed_when
 
 from manifold_nas.cli import main
 from manifold_nas.config import load_config, parse_config
@@ -21,7 +21,6 @@ from manifold_nas.run.context import Run
 from manifold_nas.search import build_strategy, search
 from manifold_nas.space.genotype import Genotype, parse_cells
 
-REPO = Path(__file__).resolve().parents[1]
 TINY_SEARCH = {"epochs": 1, "batch_size": 8, "max_steps_per_epoch": 2}
 FOX = {
     "name": "fox",

@@ -1,15 +1,11 @@
 """Multi-trial searches are reproducible: after a SIGKILL and resume, and on Ray as locally."""
 
-from pathlib import Path
-
 import pytest
 from support import read_records, search_killed_when, without_seconds
 
 from manifold_nas.config import parse_config
 from manifold_nas.run.checkpoint import load_checkpoint
 from manifold_nas.search import search
-
-REPO = Path(__file__).resolve().parents[1]
 
 OPTIONS = {
     "name": "evolution",

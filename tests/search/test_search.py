@@ -1,11 +1,11 @@
 """The bilevel strategy: reproducible, resumable, pinned to its pre-strategy-layer results."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from support import (
+    REPO,
     TINY_SPD,
     install_plugin,
     logged,
@@ -15,7 +15,8 @@ from support import (
 )
 
 from manifold_nas.config import parse_config
-from manifold_nas.run.context import Run, build_network, count_parameters
+from manifold_nas.cost.measure import count_parameters
+from manifold_nas.run.context import Run, build_network
 from manifold_nas.run.retrain import train_derived
 from manifold_nas.search import search
 from manifold_nas.space.cell import ChosenEdge
@@ -24,7 +25,7 @@ from manifold_nas.space.opset import OPSETS, OpSpec
 from manifold_nas.space.relaxations import RELAXATIONS
 from manifold_nas.strategies.bilevel.strategy import BilevelStrategy
 
-REFERENCE = Path(__file__).resolve().parent / "data" / "bilevel_reference.json"
+REFERENCE = REPO / "tests" / "data" / "bilevel_reference.json"
 
 
 def bilevel(config_dict):

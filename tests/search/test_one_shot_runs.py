@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from support import TINY_SPD, read_records, search_killed_when, without_seconds
+from support import REPO, TINY_SPD, read_records, search_killed_when, without_seconds
 
 from manifold_nas.cli import main
 from manifold_nas.config import load_config, parse_config
@@ -16,9 +16,8 @@ from manifold_nas.errors import UserInputError
 from manifold_nas.run.context import Run
 from manifold_nas.search import build_strategy, search
 from manifold_nas.space.genotype import Genotype
-from manifold_nas.strategies.one_shot.paths import PathCost, PathSampler, path_key
-
-REPO = Path(__file__).resolve().parents[1]
+from manifold_nas.space.sampling import genotype_key
+from manifold_nas.strategies.one_shot.paths import PathCost, PathSampler
 
 TINY_VOLUMETRIC = {
     "seed": 0,
@@ -160,7 +159,7 @@ def test_cream_resumes_after_sigkill_with_the_same_board_and_genotype(tiny_confi
 
     resumed = search(parse_config(tiny_config_dict), out, resume=True, quiet=True)
     expected, got = reference.strategy.board, resumed.strategy.board
-    assert [path_key(e.path) for e in got] == [path_key(e.path) for e in expected]
+    assert [genotype_key(e.path) for e in got] == [genotype_key(e.path) for e in expected]
     assert [(e.accuracy, e.cost, e.step) for e in got] == [
         (e.accuracy, e.cost, e.step) for e in expected
     ]

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support import REPO
 
 from manifold_nas.cli import main
 from manifold_nas.config import parse_config
 from manifold_nas.errors import UserInputError
 from manifold_nas.run.directory import LOCK_NAME, RunDirectory
 from manifold_nas.search import search
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def run_cli(capsys, *argv):

@@ -19,12 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from support import install_plugin
+from support import REPO, install_plugin
 
 from manifold_nas.config import parse_config
 from manifold_nas.search import search
 
-REPO = Path(__file__).resolve().parents[1]
 #: float32 sums over two shards of a batch differ from one sum over the batch by rounding
 TOLERANCE = 1e-5
 

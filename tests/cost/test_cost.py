@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from manifold_nas.cost import measure as cost
+from manifold_nas.cost import measure, table
 from manifold_nas.domains.spd.networks import SPDNetNAS
 from manifold_nas.domains.spd.ops import NORMAL_OPS, REDUCE_OPS
 from manifold_nas.domains.vision.networks import DartsNetwork
@@ -75,8 +75,8 @@ def darts_input() -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def darts_table(darts_input) -> cost.CostTable:
-    return cost.build_cost_table(darts_network(), darts_input, **FAST)
+def darts_table(darts_input) -> table.CostTable:
+    return table.build_cost_table(darts_network(), darts_input, **FAST)
 
 
 def random_spd(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -91,8 +91,8 @@ def spd_network(genotype: Genotype | None = None) -> SPDNetNAS:
 
 
 @pytest.fixture(scope="module")
-def spd_table() -> cost.CostTable:
-    return cost.build_cost_table(spd_network(), random_spd(3, 1, 8, 8), latency=False)
+def spd_table() -> table.CostTable:
+    return table.build_cost_table(spd_network(), random_spd(3, 1, 8, 8), latency=False)
 
 
 def volumetric_network() -> VolumetricNet:
@@ -104,11 +104,11 @@ VOLUME = torch.randn(1, 1, 8, 8, 4, generator=torch.Generator().manual_seed(2))
 
 
 @pytest.fixture(scope="module")
-def volumetric_table() -> cost.CostTable:
-    return cost.build_cost_table(volumetric_network(), VOLUME, latency=False)
+def volumetric_table() -> table.CostTable:
+    return table.build_cost_table(volumetric_network(), VOLUME, latency=False)
 
 
-def one_hot(choices: dict[str, list[int]], table: cost.CostTable) -> dict[str, torch.Tensor]:
+def one_hot(choices: dict[str, list[int]], table: table.CostTable) -> dict[str, torch.Tensor]:
     probabilities = {}
     for spec, rows in choices.items():
         p = torch.zeros(len(rows), len(table.ops[spec]), dtype=torch.float64)
@@ -123,7 +123,7 @@ def one_hot(choices: dict[str, list[int]], table: cost.CostTable) -> dict[str, t
 def test_conv2d_flops_are_two_cin_cout_k_squared_hw_over_stride_squared_without_bias():
     conv = nn.Conv2d(3, 5, kernel_size=3, stride=2, padding=1, bias=True)
     c_in, c_out, k, h, w, stride = 3, 5, 3, 8, 8, 2
-    flops = cost.count_flops(conv, torch.randn(1, c_in, h, w))
+    flops = measure.count_flops(conv, torch.randn(1, c_in, h, w))
     assert flops == 2 * c_in * c_out * k**2 * h * w // stride**2
 
 
@@ -133,8 +133,8 @@ def test_flop_counter_counts_nothing_for_eigh_and_the_estimate_is_nine_n_cubed()
             return torch.linalg.eigh(x).eigenvectors
 
     x = random_spd(3, 5, 5)
-    assert cost.count_flops(Eigh(), x) == 0
-    assert cost.linalg_flop_estimate(Eigh(), x) == 3 * 9 * 5**3
+    assert measure.count_flops(Eigh(), x) == 0
+    assert measure.linalg_flop_estimate(Eigh(), x) == 3 * 9 * 5**3
 
 
 def test_svd_estimate_is_the_thin_golub_reinsch_count():
@@ -143,40 +143,40 @@ def test_svd_estimate_is_the_thin_golub_reinsch_count():
             return torch.linalg.svd(x, full_matrices=False).U
 
     m, n = 6, 4
-    assert cost.count_flops(Svd(), torch.randn(m, n)) == 0
-    assert cost.linalg_flop_estimate(Svd(), torch.randn(m, n)) == 14 * m * n**2 + 8 * n**3
+    assert measure.count_flops(Svd(), torch.randn(m, n)) == 0
+    assert measure.linalg_flop_estimate(Svd(), torch.randn(m, n)) == 14 * m * n**2 + 8 * n**3
 
 
 def test_parameter_count_is_the_sum_of_parameter_sizes():
     module = nn.Sequential(nn.Linear(4, 3), nn.Conv2d(2, 5, 3))
-    assert cost.count_parameters(module) == 4 * 3 + 3 + 2 * 5 * 9 + 5
+    assert measure.count_parameters(module) == 4 * 3 + 3 + 2 * 5 * 9 + 5
 
 
 def test_training_memory_of_linear_is_its_saved_input_plus_its_output():
     linear = nn.Linear(6, 5)
     # addmm keeps the input for the weight gradient; the weight itself is a parameter
-    assert cost.training_memory(linear, torch.randn(4, 6)) == 4 * 6 * 4 + 4 * 5 * 4
+    assert measure.training_memory(linear, torch.randn(4, 6)) == 4 * 6 * 4 + 4 * 5 * 4
 
 
 def test_training_memory_counts_a_saved_output_once():
     # ReLU saves its own result, which is also the output
-    assert cost.training_memory(nn.ReLU(), torch.randn(10)) == 10 * 4
+    assert measure.training_memory(nn.ReLU(), torch.randn(10)) == 10 * 4
 
 
 def test_training_memory_leaves_batch_norm_statistics_untouched():
     norm = nn.BatchNorm1d(3)
     before = norm.running_mean.clone(), norm.num_batches_tracked.clone()
-    cost.training_memory(norm, torch.randn(8, 3) + 5.0)
+    measure.training_memory(norm, torch.randn(8, 3) + 5.0)
     assert torch.equal(norm.running_mean, before[0])
     assert torch.equal(norm.num_batches_tracked, before[1])
 
 
 def test_inference_memory_of_two_relus_holds_input_intermediate_and_output():
-    assert cost.inference_memory(nn.Sequential(nn.ReLU(), nn.ReLU()), torch.randn(10)) == 3 * 40
+    assert measure.inference_memory(nn.Sequential(nn.ReLU(), nn.ReLU()), torch.randn(10)) == 3 * 40
 
 
 def test_latency_is_positive_and_records_where_it_was_measured():
-    stats = cost.measure_latency(nn.Linear(8, 8), torch.randn(2, 8), warmup=1, repeats=5)
+    stats = measure.measure_latency(nn.Linear(8, 8), torch.randn(2, 8), warmup=1, repeats=5)
     assert stats.median_ms > 0 and stats.iqr_ms >= 0 and stats.repeats == 5
     assert stats.threads == torch.get_num_threads() and stats.device == "cpu"
     assert stats.dtype == "float32" and stats.torch_version == torch.__version__
@@ -184,14 +184,14 @@ def test_latency_is_positive_and_records_where_it_was_measured():
 
 def test_latency_restores_training_mode():
     module = nn.Sequential(nn.Linear(3, 3), nn.Dropout()).train()
-    cost.measure_latency(module, torch.randn(1, 3), warmup=0, repeats=1)
+    measure.measure_latency(module, torch.randn(1, 3), warmup=0, repeats=1)
     assert all(m.training for m in module.modules())
 
 
 # --------------------------------------------------------------------------- candidates
 def test_candidates_of_a_search_cell_network_cover_every_arch_entry_of_every_cell():
     net = darts_network()
-    found = list(cost.candidate_ops(net))
+    found = list(measure.candidate_ops(net))
     cells = [m for m in net.modules() if isinstance(m, SearchCell)]
     assert len(found) == sum(len(c.edges) * len(c.spec.ops) for c in cells)
     assert {(c.spec, c.row, c.column) for c in found} == {
@@ -207,12 +207,12 @@ def test_network_without_cells_or_candidate_ops_raises_naming_the_class():
         arch_specs: dict = {}
 
     with pytest.raises(ValueError, match=r"Plain .*candidate_ops\(\)"):
-        list(cost.candidate_ops(Plain()))
+        list(measure.candidate_ops(Plain()))
 
 
 def test_probing_records_each_op_input_shape_and_dtype(darts_input):
     net = darts_network()
-    probes = cost.probe_inputs(net, darts_input)
+    probes = measure.probe_inputs(net, darts_input)
     shapes: dict[int, set] = {}
     for candidate, x in probes:
         if candidate.spec == "reduce":
@@ -258,16 +258,16 @@ def test_derived_darts_network_flops_are_the_fixed_part_plus_the_chosen_ops(
     darts_table, darts_input
 ):
     derived = darts_network(DARTS_GENOTYPE)
-    measured = cost.measure_network(derived, darts_input, latency=False)
-    choices = cost.genotype_choices(DARTS_GENOTYPE, darts_table)
-    assert measured.flops == cost.derived_cost(choices, darts_table, "flops", include_fixed=True)
+    measured = table.measure_network(derived, darts_input, latency=False)
+    choices = table.genotype_choices(DARTS_GENOTYPE, darts_table)
+    assert measured.flops == table.derived_cost(choices, darts_table, "flops", include_fixed=True)
 
 
 def test_expected_cost_with_one_hot_probabilities_equals_the_derived_cost(darts_table):
     choices = {"normal": [4, 3, -1, 7, 1], "reduce": [-1, 5, 2, 0, 6]}
     for kind in darts_table.kinds:
-        expected = cost.expected_cost(one_hot(choices, darts_table), darts_table, kind)
-        assert expected.item() == pytest.approx(cost.derived_cost(choices, darts_table, kind))
+        expected = table.expected_cost(one_hot(choices, darts_table), darts_table, kind)
+        assert expected.item() == pytest.approx(table.derived_cost(choices, darts_table, kind))
 
 
 def test_expected_cost_gradient_is_the_cost_table(darts_table):
@@ -275,7 +275,7 @@ def test_expected_cost_gradient_is_the_cost_table(darts_table):
         name: torch.rand(len(edges), len(darts_table.ops[name]), requires_grad=True)
         for name, edges in darts_table.edges.items()
     }
-    cost.expected_cost(probabilities, darts_table, "flops").backward()
+    table.expected_cost(probabilities, darts_table, "flops").backward()
     for name, p in probabilities.items():
         assert torch.allclose(p.grad.double(), darts_table.cost("flops", name))
 
@@ -285,16 +285,16 @@ def test_cost_penalty_is_zero_within_budget_and_linear_above(darts_table):
         name: torch.full((len(edges), len(darts_table.ops[name])), 1 / 8, dtype=torch.float64)
         for name, edges in darts_table.edges.items()
     }
-    spent = cost.expected_cost(uniform, darts_table, "params").item()
-    assert cost.cost_penalty(uniform, darts_table, "params", budget=spent * 2).item() == 0.0
-    over = cost.cost_penalty(uniform, darts_table, "params", budget=spent / 3, weight=0.5)
+    spent = table.expected_cost(uniform, darts_table, "params").item()
+    assert table.cost_penalty(uniform, darts_table, "params", budget=spent * 2).item() == 0.0
+    over = table.cost_penalty(uniform, darts_table, "params", budget=spent / 3, weight=0.5)
     assert over.item() == pytest.approx(0.5 * (3 - 1))
 
 
 def test_fixed_memory_and_latency_are_not_offered_as_additive(darts_table):
     assert darts_table.fixed["memory"] is None and darts_table.fixed["latency_ms"] is None
     with pytest.raises(ValueError, match="derived network"):
-        cost.derived_cost({"normal": [-1] * 5, "reduce": [-1] * 5}, darts_table, "memory", True)
+        table.derived_cost({"normal": [-1] * 5, "reduce": [-1] * 5}, darts_table, "memory", True)
 
 
 def test_latency_entries_are_positive_and_record_threads_and_device(darts_table):
@@ -305,7 +305,7 @@ def test_latency_entries_are_positive_and_record_threads_and_device(darts_table)
 
 
 def test_format_cost_table_has_one_line_per_spec_row_and_op(darts_table):
-    text = cost.format_cost_table(darts_table)
+    text = table.format_cost_table(darts_table)
     lines = [line for line in text.splitlines() if line.startswith("| normal")]
     assert len(lines) == 5 * 8
     assert "| normal | 0 (0->2) | sep_conv_3x3 | 1 |" in text
@@ -316,7 +316,7 @@ def test_format_cost_table_has_one_line_per_spec_row_and_op(darts_table):
 # --------------------------------------------------------------------------- the look-up table
 def test_lut_second_build_measures_nothing(tmp_path, darts_input, monkeypatch):
     calls = {"op": 0, "latency": 0}
-    measure_op, measure_latency = cost.measure_op, cost.measure_latency
+    measure_op, measure_latency = measure.measure_op, measure.measure_latency
 
     def counting_op(*args, **kwargs):
         calls["op"] += 1
@@ -326,21 +326,22 @@ def test_lut_second_build_measures_nothing(tmp_path, darts_input, monkeypatch):
         calls["latency"] += 1
         return measure_latency(*args, **kwargs)
 
-    monkeypatch.setattr(cost, "measure_op", counting_op)
-    monkeypatch.setattr(cost, "measure_latency", counting_latency)
+    monkeypatch.setattr(table, "measure_op", counting_op)
+    monkeypatch.setattr(table, "measure_latency", counting_latency)
+    monkeypatch.setattr(measure, "measure_latency", counting_latency)
     net = darts_network()
-    cost.build_cost_table(net, darts_input, lut=cost.CostLUT(tmp_path), **FAST)
+    table.build_cost_table(net, darts_input, lut=table.CostLUT(tmp_path), **FAST)
     first = dict(calls)
     assert first["op"] > 0 and first["latency"] == first["op"]
-    cost.build_cost_table(net, darts_input, lut=cost.CostLUT(tmp_path), **FAST)
+    table.build_cost_table(net, darts_input, lut=table.CostLUT(tmp_path), **FAST)
     assert calls == first
 
 
 def test_lut_round_trip_through_disk_gives_the_same_table(tmp_path, darts_input):
     net = darts_network()
-    first = cost.build_cost_table(net, darts_input, lut=cost.CostLUT(tmp_path), **FAST)
-    reloaded = cost.CostLUT(tmp_path)
-    second = cost.build_cost_table(net, darts_input, lut=reloaded, **FAST)
+    first = table.build_cost_table(net, darts_input, lut=table.CostLUT(tmp_path), **FAST)
+    reloaded = table.CostLUT(tmp_path)
+    second = table.build_cost_table(net, darts_input, lut=reloaded, **FAST)
     assert reloaded.misses == 0 and reloaded.hits == len(first.entries)
     for kind in first.kinds:
         for name in first.ops:
@@ -348,34 +349,34 @@ def test_lut_round_trip_through_disk_gives_the_same_table(tmp_path, darts_input)
 
 
 def test_lut_entries_record_key_and_when_and_where_they_were_measured(tmp_path):
-    lut = cost.CostLUT(tmp_path)
+    lut = table.CostLUT(tmp_path)
     lut.measure("linear", nn.Linear(3, 2), torch.randn(1, 3), warmup=0, repeats=1)
     lut.save()
-    data = json.loads((tmp_path / cost.LUT_FILENAME).read_text())
+    data = json.loads((tmp_path / table.LUT_FILENAME).read_text())
     (entry,) = data["entries"].values()
     assert entry["key"]["input_shape"] == [1, 3] and entry["key"]["threads"] >= 1
     assert entry["key"]["parameters"] == [["weight", [2, 3]], ["bias", [2]]]
     assert {"measured_at", "host", "torch"} <= set(entry)
     assert entry["latency"]["median_ms"] > 0
-    assert [p.name for p in tmp_path.iterdir()] == [cost.LUT_FILENAME]
+    assert [p.name for p in tmp_path.iterdir()] == [table.LUT_FILENAME]
 
 
 def test_lut_adds_latency_to_an_entry_first_measured_without_it(monkeypatch):
-    lut = cost.CostLUT()
+    lut = table.CostLUT()
     module, x = nn.Linear(3, 2), torch.randn(1, 3)
     _, without = lut.measure("linear", module, x, latency=False)
     assert without.latency is None
     calls = []
-    monkeypatch.setattr(cost, "measure_op", lambda *a, **k: calls.append("op"))
+    monkeypatch.setattr(table, "measure_op", lambda *a, **k: calls.append("op"))
     _, with_latency = lut.measure("linear", module, x, warmup=0, repeats=1)
     assert calls == [] and with_latency.latency.median_ms > 0
     assert with_latency.flops == without.flops
 
 
 def test_lut_refuses_a_file_that_is_not_a_cost_lut(tmp_path):
-    (tmp_path / cost.LUT_FILENAME).write_text(json.dumps({"entries": {}}))
+    (tmp_path / table.LUT_FILENAME).write_text(json.dumps({"entries": {}}))
     with pytest.raises(ValueError, match="not a version-1 cost LUT"):
-        cost.CostLUT(tmp_path)
+        table.CostLUT(tmp_path)
 
 
 # --------------------------------------------------------------------------- SPD and volumetric
@@ -397,8 +398,8 @@ def test_spd_eig_based_ops_gain_flops_only_from_the_estimate(spd_table):
 
 def test_derived_spd_network_params_are_the_fixed_part_plus_the_chosen_ops(spd_table):
     derived = spd_network(SPD_GENOTYPE)
-    choices = cost.genotype_choices(SPD_GENOTYPE, spd_table)
-    expected = cost.derived_cost(choices, spd_table, "params", include_fixed=True)
+    choices = table.genotype_choices(SPD_GENOTYPE, spd_table)
+    expected = table.derived_cost(choices, spd_table, "params", include_fixed=True)
     assert n_params(derived) == expected
 
 
@@ -410,7 +411,7 @@ def test_volumetric_params_match_the_networks_analytic_cost_table(volumetric_tab
 def test_derived_volumetric_network_params_and_flops_are_fixed_plus_chosen(volumetric_table):
     choices = ["conv3d", "p3d", "conv2d"]
     derived = volumetric_network().derive(choices)
-    measured = cost.measure_network(derived, VOLUME, latency=False)
+    measured = table.measure_network(derived, VOLUME, latency=False)
     rows = {ARCH_KEY: [volumetric_table.ops[ARCH_KEY].index(c) for c in choices]}
     for kind, value in (("params", measured.params), ("flops", measured.flops)):
-        assert value == cost.derived_cost(rows, volumetric_table, kind, include_fixed=True)
+        assert value == table.derived_cost(rows, volumetric_table, kind, include_fixed=True)

@@ -21,7 +21,7 @@ from manifold_nas.predictors.linear import (
 )
 from manifold_nas.space.cell import ChosenEdge, cell_arch_spec
 from manifold_nas.space.genotype import Genotype
-from manifold_nas.strategies.fox.annealing import random_genotype
+from manifold_nas.space.sampling import random_genotype
 
 DARTS_OPS = (
     "none",

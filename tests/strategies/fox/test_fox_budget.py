@@ -214,7 +214,7 @@ def test_the_budget_rule_keeps_evolution_within_the_lut_budget():
 
 
 def test_random_genotypes_of_both_samplers_come_from_one_definition():
-    from manifold_nas.strategies.fox.annealing import random_genotype as numpy_draw
+    from manifold_nas.space.sampling import random_genotype as numpy_draw
 
     rng = np.random.default_rng(3)
     seed = int(np.random.default_rng(3).integers(2**63))

@@ -1,19 +1,15 @@
 """Multi-trial strategies on every domain: SPD and volumetric search spaces, and the CLI configs."""
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
-from support import TINY_SPD
+from support import REPO, TINY_SPD
 
 from manifold_nas.cli import main
 from manifold_nas.config import load_config, parse_config
 from manifold_nas.search import search
 from manifold_nas.space.genotype import Genotype
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 TINY_VOLUMETRIC = {
     "seed": 0,

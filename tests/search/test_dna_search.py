@@ -10,20 +10,19 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from support import REPO
 
 from manifold_nas.cli import main
 from manifold_nas.config import parse_config
+from manifold_nas.cost.measure import count_parameters
 from manifold_nas.domains.volumetric.network import genotype_from_choices
-from manifold_nas.run.context import Run, build_network, count_parameters
+from manifold_nas.run.context import Run, build_network
 from manifold_nas.search import search
 from manifold_nas.space.genotype import Genotype
-
-REPO = Path(__file__).resolve().parents[1]
 
 TINY_VOLUMETRIC = {
     "seed": 0,
