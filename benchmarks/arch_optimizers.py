@@ -107,11 +107,9 @@ def main() -> None:
                     continue
                 raw = apply_overrides(base, [])
                 raw["relaxation"] = relaxation
-                raw["search"]["entropy_weight"] = 0.0  # the geometry alone decides
-                raw["search"]["arch_optimizer"] = {
-                    **optimizer,
-                    "lr": optimizer["lr"] * args.lr_scale,
-                }
+                strategy = raw.setdefault("strategy", {"name": "bilevel"})
+                strategy["entropy_weight"] = 0.0  # the geometry alone decides
+                strategy["arch_optimizer"] = {**optimizer, "lr": optimizer["lr"] * args.lr_scale}
                 runs = [
                     search_and_retrain(raw, s, Path(tmp) / f"{domain}{k}_{s}") for s in args.seeds
                 ]

@@ -28,7 +28,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {
     "vision": ("configs/vision/digits_darts.yaml", ["search.batch_size=32"]),
-    "volumetric": ("configs/volumetric/synthetic_shapes.yaml", ["search.warmup_epochs=0"]),
+    "volumetric": ("configs/volumetric/synthetic_shapes.yaml", ["strategy.warmup_epochs=0"]),
 }
 WARMUP_STEPS = 3
 

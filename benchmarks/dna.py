@@ -126,9 +126,8 @@ def bilevel_raw(domain: str, seed: int, quick: bool) -> dict[str, Any]:
     dna = dna_raw(domain, seed, quick)
     raw = yaml.safe_load((ROOT / DOMAINS[domain].bilevel).read_text())
     raw.update(seed=seed, data=dna["data"], network=dna["network"], train=dna["train"])
-    raw.pop("strategy", None)
     if quick:
-        raw = apply_overrides(raw, [*QUICK[:2], "search.warmup_epochs=0"])
+        raw = apply_overrides(raw, [*QUICK[:2], "strategy.warmup_epochs=0"])
     return raw
 
 

@@ -82,8 +82,8 @@ TINY_SPD = {
         "batch_size": 10,
         "max_steps_per_epoch": 1,
         "weight_optimizer": {"name": "riemannian_adam", "lr": 0.01},
-        "arch_optimizer": {"name": "riemannian_adam", "lr": 0.01},
     },
+    "strategy": {"name": "bilevel", "arch_optimizer": {"name": "riemannian_adam", "lr": 0.01}},
 }
 
 #: one epoch of one step: a DARTS cell search on the bundled digits

@@ -107,7 +107,7 @@ QUICK_STRATEGY = {
         "strategy.recalibration_batches=1",
     ],
     "spos (uniform)": ["strategy.final_paths=3", "strategy.recalibration_batches=1"],
-    "bilevel": ["search.warmup_epochs=0"],
+    "bilevel": ["strategy.warmup_epochs=0"],
     "random search": [],
 }
 

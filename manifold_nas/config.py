@@ -8,7 +8,7 @@ keys are that builder's keyword arguments. Every unknown key is refused with
 a one-line message that lists the valid ones, and every fixed setting is
 type- and range-checked when the config is parsed.
 
-A dotted override (``search.arch_optimizer.lr=0.1``) of a section the file
+A dotted override (``search.weight_optimizer.lr=0.1``) of a section the file
 does not spell out merges into that section's default instead of replacing
 it; an override of such a section's ``name`` starts it afresh, since the
 default's other keys belong to the default builder.
@@ -29,6 +29,7 @@ import yaml
 from manifold_nas.errors import UserInputError
 
 __all__ = [
+    "MOVED_SEARCH_KEYS",
     "check_count",
     "is_finite_number",
     "positive_int",
@@ -111,10 +112,6 @@ def _one_of(*choices: str) -> Callable[[Any], str | None]:
     return check
 
 
-def _is_bool(value: Any) -> str | None:
-    return None if isinstance(value, bool) else "must be true or false"
-
-
 def _named_mapping(value: Any) -> str | None:
     if not isinstance(value, Mapping) or "name" not in value:
         return "must be a mapping with a 'name'"
@@ -131,12 +128,13 @@ def _check(rule: Callable[[Any], str | None]) -> dict[str, Any]:
 
 @dataclass
 class SearchSettings:
-    """The bilevel search loop (and the shared search settings of every strategy).
+    """The search settings every strategy shares: epochs, batches, the split, weight steps, trials.
 
-    ``entropy_weight`` adds ``λ(t) · mean edge entropy`` of the architecture
-    distribution to the architecture loss, ``λ(t)`` rising linearly from 0
-    after the warm-up to ``entropy_weight`` at the last epoch (DiNTS), so the
-    search ends on a distribution that has chosen.
+    What only one strategy reads is that strategy's option (``strategy:``
+    section), checked against its signature: the bilevel strategy's
+    ``order``, ``warmup_epochs``, ``arch_optimizer``, ``arch_penalty``,
+    ``entropy_weight``, ``hessian_eigenvalue`` and ``sync_batch_norm``
+    (:data:`MOVED_SEARCH_KEYS`).
     """
 
     epochs: int = field(default=10, metadata=_check(_int_at_least(1)))
@@ -144,8 +142,6 @@ class SearchSettings:
     train_portion: float = field(
         default=0.5, metadata=_check(_number(0.0, open_low=True, high=1.0, open_high=True))
     )
-    order: str = field(default="first", metadata=_check(_one_of("first", "second")))
-    warmup_epochs: int = field(default=0, metadata=_check(_int_at_least(0)))
     grad_clip: float | None = field(
         default=5.0, metadata=_check(_number(0.0, open_low=True, optional=True))
     )
@@ -154,22 +150,9 @@ class SearchSettings:
         default_factory=lambda: {"name": "sgd", "lr": 0.025, "momentum": 0.9, "weight_decay": 3e-4},
         metadata=_check(_named_mapping),
     )
-    arch_optimizer: dict[str, Any] = field(
-        default_factory=lambda: {
-            "name": "adam",
-            "lr": 3e-4,
-            "betas": [0.5, 0.999],
-            "weight_decay": 1e-3,
-        },
-        metadata=_check(_named_mapping),
-    )
-    arch_penalty: dict[str, Any] = field(default_factory=dict, metadata=_check(_mapping))
-    hessian_eigenvalue: bool = field(default=False, metadata=_check(_is_bool))
     max_steps_per_epoch: int | None = field(
         default=None, metadata=_check(_int_at_least(1, optional=True))
     )
-    entropy_weight: float = field(default=0.0, metadata=_check(_number(0.0)))
-    sync_batch_norm: bool = field(default=False, metadata=_check(_is_bool))
     backend: str = field(default="local", metadata=_check(_one_of("local", "ray")))
     ray_address: str | None = None
 
@@ -242,6 +225,20 @@ class Config:
         return asdict(self)
 
 
+#: ``search:`` keys that became options of one strategy: old key -> (strategy, new key)
+MOVED_SEARCH_KEYS = {
+    key: ("bilevel", f"strategy.{key}")
+    for key in (
+        "order",
+        "warmup_epochs",
+        "arch_optimizer",
+        "arch_penalty",
+        "entropy_weight",
+        "hessian_eigenvalue",
+        "sync_batch_norm",
+    )
+}
+
 _SECTIONS = {"search": SearchSettings, "train": TrainSettings, "proxy": ProxySettings}
 _NAMED = ("data", "network", "relaxation", "selection", "strategy")
 
@@ -278,6 +275,16 @@ def _check_keys(given: Mapping[str, Any], valid: Sequence[str], where: str) -> N
         )
 
 
+def _refuse_moved_keys(search: Mapping[str, Any]) -> None:
+    moved = next((k for k in search if k in MOVED_SEARCH_KEYS), None)
+    if moved is not None:
+        strategy, new = MOVED_SEARCH_KEYS[moved]
+        raise UserInputError(
+            f"config key search.{moved} is now {new}, an option of the {strategy} strategy: "
+            f"move it to the strategy: section (strategy: {{name: {strategy}, {moved}: ...}})"
+        )
+
+
 def parse_config(raw: Mapping[str, Any], source: str = "config") -> Config:
     """Check the structure of a config mapping and fill in defaults."""
     if not isinstance(raw, Mapping):
@@ -292,6 +299,8 @@ def parse_config(raw: Mapping[str, Any], source: str = "config") -> Config:
             if not isinstance(value, Mapping):
                 raise UserInputError(f"config section {key!r} must be a mapping")
             settings = _SECTIONS[key]
+            if key == "search":
+                _refuse_moved_keys(value)
             _check_keys(value, [f.name for f in fields(settings)], f"{key}.")
             _check_values(settings, value, f"{key}.")
             values[key] = settings(**copy.deepcopy(dict(value)))
@@ -346,7 +355,7 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
     """Set dotted keys, e.g. ``search.epochs=3`` or ``data.root=/data``; values are YAML.
 
     A key inside a section that ``raw`` leaves to its default is set on a copy
-    of the default (``search.arch_optimizer.lr=0.1`` keeps Adam's betas); an
+    of the default (``search.weight_optimizer.lr=0.1`` keeps SGD's momentum); an
     override of such a section's ``name`` starts the section afresh. Name
     overrides are applied first, so their order on the command line does not
     matter.

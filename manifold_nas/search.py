@@ -67,7 +67,6 @@ def check_config(config: Config) -> None:
     _check_section(SELECTORS, config.selection, "selection")
     _check_section(STRATEGIES, config.strategy, "strategy")
     check_optimizer(config.search.weight_optimizer, "search.weight_optimizer")
-    check_optimizer(config.search.arch_optimizer, "search.arch_optimizer")
     check_optimizer(config.train.optimizer, "train.optimizer")
 
 
@@ -103,7 +102,8 @@ def search(
             f"strategy {strategy.name!r} does not run data-parallel under torchrun; "
             "start it as one process (multi-trial strategies parallelise with search.backend: ray)"
         )
-    check_batch_norm_sync(config.search.sync_batch_norm and world.distributed, config.device)
+    sync_batch_norm = bool(getattr(strategy, "sync_batch_norm", False))
+    check_batch_norm_sync(sync_batch_norm and world.distributed, config.device)
     if config.search.backend != "local" and not getattr(strategy, "uses_backend", False):
         raise UserInputError(
             f"search.backend {config.search.backend!r} runs the trials of multi-trial strategies; "

@@ -16,6 +16,24 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
+#: a seconds-scale DARTS cell search on the bundled digits
+TINY_VISION = {
+    "seed": 0,
+    "data": {"name": "digits"},
+    "network": {
+        "name": "darts_cnn",
+        "opset": "darts",
+        "channels": 4,
+        "layers": 2,
+        "nodes": 2,
+        "stem_multiplier": 1,
+    },
+    "relaxation": {"name": "softmax"},
+    "selection": {"name": "darts"},
+    "search": {"epochs": 2, "batch_size": 32, "max_steps_per_epoch": 3},
+    "train": {"epochs": 1, "batch_size": 64, "max_steps_per_epoch": 3},
+}
+
 #: a seconds-scale SPDNetNAS search on the bundled BasicMotions covariances
 TINY_SPD = {
     "seed": 1,
@@ -28,8 +46,8 @@ TINY_SPD = {
         "batch_size": 10,
         "max_steps_per_epoch": 4,
         "weight_optimizer": {"name": "riemannian_adam", "lr": 0.01},
-        "arch_optimizer": {"name": "riemannian_adam", "lr": 0.01},
     },
+    "strategy": {"name": "bilevel", "arch_optimizer": {"name": "riemannian_adam", "lr": 0.01}},
     "train": {
         "epochs": 1,
         "batch_size": 10,

@@ -1,6 +1,7 @@
 """Configs: overrides merge into defaults, and every key and value is checked before data loads."""
 
 import functools
+import json
 import pickle
 import zipfile
 
@@ -12,6 +13,7 @@ from manifold_nas.cli import main
 from manifold_nas.config import apply_overrides, parse_config
 from manifold_nas.data import DATASETS
 from manifold_nas.errors import UserInputError
+from manifold_nas.strategies.bilevel.strategy import arch_optimizer_section
 
 
 def run_cli(capsys, *argv):
@@ -36,23 +38,45 @@ def cfg_file(tmp_path, tiny_config_dict):
 
 
 def test_an_override_inside_a_default_section_keeps_the_defaults_other_keys(tiny_config_dict):
-    raw = apply_overrides(tiny_config_dict, ["search.arch_optimizer.lr=0.1"])
+    raw = apply_overrides(tiny_config_dict, ["search.weight_optimizer.lr=0.1"])
     config = parse_config(raw)
-    assert config.search.arch_optimizer == {
-        "name": "adam",
+    assert config.search.weight_optimizer == {
+        "name": "sgd",
         "lr": 0.1,
-        "betas": [0.5, 0.999],
-        "weight_decay": 1e-3,
+        "momentum": 0.9,
+        "weight_decay": 3e-4,
     }
 
 
 def test_an_override_of_a_default_sections_name_starts_it_afresh(tiny_config_dict):
     for order in (
-        ["search.arch_optimizer.name=eg", "search.arch_optimizer.lr=0.2"],
-        ["search.arch_optimizer.lr=0.2", "search.arch_optimizer.name=eg"],
+        ["search.weight_optimizer.name=adam", "search.weight_optimizer.lr=0.2"],
+        ["search.weight_optimizer.lr=0.2", "search.weight_optimizer.name=adam"],
     ):
         config = parse_config(apply_overrides(tiny_config_dict, order))
-        assert config.search.arch_optimizer == {"name": "eg", "lr": 0.2}
+        assert config.search.weight_optimizer == {"name": "adam", "lr": 0.2}
+
+
+def test_an_arch_optimizer_without_a_name_updates_the_bilevel_default():
+    assert arch_optimizer_section({"lr": 0.1}) == {
+        "name": "adam",
+        "lr": 0.1,
+        "betas": (0.5, 0.999),
+        "weight_decay": 1e-3,
+    }
+    assert arch_optimizer_section({"name": "eg", "lr": 0.2}) == {"name": "eg", "lr": 0.2}
+
+
+@pytest.mark.parametrize(
+    "key", ["order", "warmup_epochs", "arch_optimizer", "arch_penalty", "entropy_weight",
+            "hessian_eigenvalue", "sync_batch_norm"],
+)  # fmt: skip
+def test_a_search_key_that_became_a_bilevel_option_names_its_new_place(tiny_config_dict, key):
+    tiny_config_dict["search"][key] = 1
+    with pytest.raises(
+        UserInputError, match=rf"search\.{key} is now strategy\.{key}, an option of the bilevel"
+    ):
+        parse_config(tiny_config_dict)
 
 
 def test_an_override_into_a_missing_named_section_merges_into_its_default(tiny_config_dict):
@@ -66,14 +90,16 @@ def test_the_merged_override_runs_a_search_from_the_command_line(tmp_path, capsy
         capsys,
         "search",
         cfg_file,
-        "search.arch_optimizer.lr=0.1",
+        "strategy.arch_optimizer.lr=0.1",
         "--out",
         tmp_path / "r",
         "--quiet",
     )
     assert code == 0, err
     saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
-    assert saved["search"]["arch_optimizer"]["betas"] == [0.5, 0.999]
+    assert saved["strategy"] == {"name": "bilevel", "arch_optimizer": {"lr": 0.1}}
+    genotype = json.loads((tmp_path / "r" / "genotype.json").read_text())
+    assert genotype["config"]["strategy"]["arch_optimizer"] == {"lr": 0.1}
 
 
 @pytest.mark.parametrize(
@@ -84,13 +110,13 @@ def test_the_merged_override_runs_a_search_from_the_command_line(tmp_path, capsy
         ("search.epochs=-1", "search.epochs must be an integer >= 1"),
         ("search.batch_size=0", "search.batch_size must be an integer >= 1"),
         ("search.train_portion=1.5", "search.train_portion"),
-        ("search.arch_optimizer.lr=nan", "search.arch_optimizer.lr must be a finite number"),
-        ("search.arch_optimizer.lr=.nan", "search.arch_optimizer.lr must be a finite number"),
+        ("strategy.arch_optimizer.lr=nan", "strategy.arch_optimizer.lr must be a finite number"),
+        ("strategy.arch_optimizer.lr=.nan", "strategy.arch_optimizer.lr must be a finite number"),
         ("search.weight_optimizer.nosuch=1", "search.weight_optimizer.'nosuch'"),
         ("train.optimizer.lr=fast", "train.optimizer.lr must be a finite number"),
-        ("search.order=third", "search.order must be one of first, second"),
+        ("strategy.order=third", "order must be 'first' or 'second'"),
         ("threads=0", "threads must be an integer >= 1"),
-        ("search.hessian_eigenvalue=maybe", "search.hessian_eigenvalue must be true or false"),
+        ("strategy.hessian_eigenvalue=maybe", "strategy.hessian_eigenvalue must be true or false"),
         ("network.chanels=8", "network.'chanels'"),
         ("train.network.chanels=8", "train.network.'chanels'"),
         ("relaxation.temperature=hot", "relaxation.temperature must be a finite number"),

@@ -96,7 +96,7 @@ def corpus(tmp_path_factory):
     try:
         from tests.conftest import TINY_VISION
     except ImportError:  # pytest's rootdir conftest is imported as "conftest"
-        from conftest import TINY_VISION
+        from support import TINY_VISION
     try:
         vision = dict(TINY_VISION, search={"epochs": 1, "batch_size": 32, "max_steps_per_epoch": 1})
         vision["train"] = {"epochs": 1, "batch_size": 64, "max_steps_per_epoch": 1}
@@ -272,7 +272,7 @@ def _config_cases():
         cases += [("strategy", name, o) for o in _numeric_options(STRATEGIES.get(name))]
     for name in ("sgd", "adam", "eg", "riemannian_sgd"):
         cases += [
-            ("search.arch_optimizer", name, o)
+            ("strategy.arch_optimizer", name, o)
             for o in _numeric_options(ARCH_OPTIMIZERS.get(name).__init__)
         ]
     for name in ("darts_cnn", "nb201", "simple_cnn"):
@@ -286,8 +286,8 @@ def test_a_nan_negative_or_wrongly_typed_option_ends_in_one_line_or_works(
     section, name, option, tmp_path, capsys, tiny_config_dict
 ):
     raw = dict(tiny_config_dict)
-    if section == "search.arch_optimizer":
-        raw["search"] = dict(raw["search"], arch_optimizer={"name": name})
+    if section == "strategy.arch_optimizer":
+        raw["strategy"] = {"name": "bilevel", "arch_optimizer": {"name": name}}
     elif section == "network":
         raw["network"] = {"name": name, "opset": "nb201" if name == "nb201" else "darts",
                           "channels": 4}  # fmt: skip

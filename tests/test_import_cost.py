@@ -13,8 +13,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import TINY_VISION
-from support import TINY_SPD
+from support import TINY_SPD, TINY_VISION
 
 from manifold_nas.cli import build_parser
 

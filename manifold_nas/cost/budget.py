@@ -20,7 +20,7 @@ table, LUT). This module turns that table into what a budgeted search needs:
   otherwise (``latency_ms``, ``memory``: the op sum alone);
 * :func:`cheapest_genotype`: the exact minimiser of one kind's LUT sum;
 * :func:`measure_genotype`: a derived network's costs measured end to end;
-* :func:`measured_penalty`: ``search.arch_penalty`` of the bilevel strategy
+* :func:`measured_penalty`: ``strategy.arch_penalty`` of the bilevel strategy
   from the measured table, for networks without a cost model of their own.
 
 Every measurement here runs inside :func:`torch.random.fork_rng`, so pricing
@@ -257,7 +257,7 @@ def cheapest_genotype(
 
 # -- the bilevel strategy's penalty ---------------------------------------------------
 def _measured_penalty_options(budget: float, weight: float = 1.0, kind: str = "flops") -> None:
-    """``search.arch_penalty`` with the measured table: ``budget``, ``weight``, ``kind``."""
+    """``strategy.arch_penalty`` with the measured table: ``budget``, ``weight``, ``kind``."""
 
 
 def measured_penalty(
@@ -266,7 +266,7 @@ def measured_penalty(
     options: Mapping[str, Any],
     cache_dir: str | Path | None = None,
 ) -> Callable[[Mapping[str, Tensor]], Tensor]:
-    r"""``search.arch_penalty`` priced by the measured per-op table of ``network``.
+    r"""``strategy.arch_penalty`` priced by the measured per-op table of ``network``.
 
     The penalty is :func:`manifold_nas.cost.table.cost_penalty`,
     :math:`w \cdot \max(0, \mathbb E_p[C] / B - 1)`, with :math:`\mathbb E_p[C]`
@@ -277,20 +277,20 @@ def measured_penalty(
     built, on the example input ``x``, and cached in ``cache_dir/cost_lut.json``.
     """
     options = dict(options)
-    check_options(_measured_penalty_options, options, "search.arch_penalty")
+    check_options(_measured_penalty_options, options, "strategy.arch_penalty")
     kind = options.get("kind", "flops")
     weight = options.get("weight", 1.0)
     try:
-        budget = parse_budget({kind: options["budget"]}, "search.arch_penalty")[kind]
+        budget = parse_budget({kind: options["budget"]}, "strategy.arch_penalty")[kind]
     except ValueError as err:
         raise UserInputError(str(err)) from None
     if weight < 0:
-        raise UserInputError(f"search.arch_penalty.weight must be >= 0, got {weight!r}")
+        raise UserInputError(f"strategy.arch_penalty.weight must be >= 0, got {weight!r}")
     try:
         next(candidate_ops(network))
     except (ValueError, StopIteration) as err:
         raise UserInputError(
-            f"search.arch_penalty: {err or 'the network has no candidate ops'}"
+            f"strategy.arch_penalty: {err or 'the network has no candidate ops'}"
         ) from None
     table = measured_cost_table(network, x, cache_dir=cache_dir, latency=kind == "latency_ms")
 

@@ -18,7 +18,6 @@ The module-level builders (:func:`build_data`, :func:`build_network`,
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import random
@@ -44,10 +43,8 @@ from manifold_nas.config import (
     split_name,
 )
 from manifold_nas.cost.budget import (
-    MEASURED_ONLY_KINDS,
     measure_genotype,
     measured_cost_table,
-    measured_penalty,
 )
 from manifold_nas.cost.measure import count_parameters
 from manifold_nas.cost.table import CostTable
@@ -57,7 +54,7 @@ from manifold_nas.optim import build_optimizer
 from manifold_nas.optim.state import load_optimizer_state
 from manifold_nas.run.directory import RunDirectory
 from manifold_nas.run.distributed import ShardedSampler, World, current_world, device_for
-from manifold_nas.space.contracts import check_searchable, has_cost_model
+from manifold_nas.space.contracts import check_searchable
 from manifold_nas.space.genotype import Genotype
 from manifold_nas.space.networks import NETWORKS
 from manifold_nas.space.opset import OPSETS, OpSet
@@ -344,31 +341,22 @@ class Run:
         check_searchable(network, str(self.config.network["name"]))
         return network
 
-    def build_supernet(self, network: nn.Module | None = None) -> Supernet:
-        """The searchable network with the config's relaxation and cost penalty, on the device."""
+    def build_supernet(
+        self,
+        network: nn.Module | None = None,
+        penalty: Callable[[Mapping[str, Tensor]], Tensor] | None = None,
+    ) -> Supernet:
+        """The searchable network with the config's relaxation, on the device.
+
+        ``penalty`` (the bilevel strategy's ``arch_penalty``) is added to the
+        architecture loss.
+        """
         network = self.build_searchable() if network is None else network
         name, options = split_name(self.config.relaxation)
         relaxation = call_with_options(RELAXATIONS.get(name), options, "relaxation")
         arch = ArchitectureParameters(network.arch_specs, relaxation, self.dtype or torch.float32)
-        supernet = Supernet(network, arch, self._cost_penalty(network))
+        supernet = Supernet(network, arch, penalty)
         return supernet.to(self.device)
-
-    def _cost_penalty(self, network: nn.Module):
-        """The architecture-loss penalty of ``search.arch_penalty`` (None when unset).
-
-        The network's own cost model prices it when it has one and ``kind``
-        is not a kind only measurement gives (FLOPs, latency); otherwise the
-        measured per-op table does (:func:`manifold_nas.cost.budget.measured_penalty`).
-        """
-        options = dict(self.config.search.arch_penalty)
-        if not options:
-            return None
-        if not has_cost_model(network) or options.get("kind") in MEASURED_ONLY_KINDS:
-            with torch.random.fork_rng(devices=[]):
-                network = network.to(self.device)
-                return measured_penalty(network, self.example_input(), options, self.cost_cache_dir)
-        check_options(network.cost_penalty, options, "search.arch_penalty", n_positional=1)
-        return functools.partial(network.cost_penalty, **options)
 
     @property
     def cost_cache_dir(self) -> Path | None:

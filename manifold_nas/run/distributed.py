@@ -17,7 +17,7 @@ What data parallelism changes, and where:
   ``torch.autograd.grad``), are averaged by :meth:`World.average`, and so are
   the weight gradients inside the second-order virtual step, so every rank
   takes the same architecture step;
-* batch norm is local to each rank unless ``search.sync_batch_norm`` converts
+* batch norm is local to each rank unless ``strategy.sync_batch_norm`` converts
   it to ``SyncBatchNorm`` (GPU only, a PyTorch restriction); the SPD domain's
   Fréchet-mean batch norm is always local;
 * only rank 0 writes the run directory; every rank reads the checkpoint on
@@ -129,7 +129,7 @@ def device_for(device: str, world: World) -> str:
 def check_batch_norm_sync(sync: bool, device: str) -> None:
     if sync and not device.startswith("cuda"):
         raise UserInputError(
-            "search.sync_batch_norm needs GPUs (PyTorch's SyncBatchNorm runs on CUDA only); "
+            "strategy.sync_batch_norm needs GPUs (PyTorch's SyncBatchNorm runs on CUDA only); "
             "on CPU batch norm stays local to each process"
         )
 

@@ -4,7 +4,7 @@ A *searchable network* (what a ``NETWORKS`` builder returns without a
 genotype) declares its architecture parameters and takes their mixing
 weights in ``forward``; the same builder given a genotype returns the
 *derived* network, called as ``network(x)``. A network may also carry a
-*cost model*, which the bilevel strategy's ``search.arch_penalty`` uses.
+*cost model*, which the bilevel strategy's ``strategy.arch_penalty`` uses.
 
 A *stage finder* (:data:`STAGE_FINDERS`) cuts a network that is not
 block-wise into stages at named modules: a domain registers one for the

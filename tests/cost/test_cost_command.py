@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import yaml
-from conftest import TINY_VISION
+from support import TINY_VISION
 
 from manifold_nas.cli import main
 from manifold_nas.cost.table import LUT_FILENAME

@@ -91,6 +91,9 @@ def config(batch_size: int, epochs: int = 2, steps: int = 4) -> dict:
             "batch_size": batch_size,
             "max_steps_per_epoch": steps,
             "weight_optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+        },
+        "strategy": {
+            "name": "bilevel",
             "arch_optimizer": {"name": "adam", "lr": 0.05, "betas": [0.5, 0.999]},
         },
         "train": {"epochs": 1},

@@ -40,19 +40,17 @@ def test_softmax_temperature_anneals_geometrically_over_the_search():
 
 
 def test_the_entropy_weight_rises_after_the_warm_up(tiny_config_dict):
-    tiny_config_dict["search"].update(epochs=5, warmup_epochs=1, entropy_weight=0.4)
-    strategy = BilevelStrategy()
+    strategy = BilevelStrategy(warmup_epochs=1, entropy_weight=0.4)
     weights = []
     for epoch in range(5):
         strategy.epoch = epoch
-        weights.append(strategy._entropy_weight(parse_config(tiny_config_dict).search))
+        weights.append(strategy._entropy_weight(epochs=5))
     assert weights == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
 
 
 def test_the_entropy_term_makes_the_architecture_step_lower_the_entropy(tiny_config_dict):
-    tiny_config_dict["search"].update(arch_optimizer={"name": "sgd", "lr": 1.0})
     run = Run(parse_config(tiny_config_dict))
-    strategy = BilevelStrategy()
+    strategy = BilevelStrategy(arch_optimizer={"name": "sgd", "lr": 1.0})
     strategy.setup(run)
     supernet = strategy.supernet
     with torch.no_grad():
@@ -81,9 +79,10 @@ def test_the_entropy_term_ends_the_same_search_more_decided(tiny_config_dict, tm
     # exponentiated gradient on the simplex (GAEA): the step is not normalised per
     # coordinate, so the entropy term's gradient acts at its own scale
     tiny_config_dict["relaxation"] = {"name": "simplex"}
-    tiny_config_dict["search"].update(epochs=4, arch_optimizer={"name": "eg", "lr": 1.0})
+    tiny_config_dict["search"]["epochs"] = 4
+    tiny_config_dict["strategy"] = {"name": "bilevel", "arch_optimizer": {"name": "eg", "lr": 1.0}}
     plain = search(parse_config(tiny_config_dict), tmp_path / "plain", quiet=True).summary
-    tiny_config_dict["search"]["entropy_weight"] = 5.0
+    tiny_config_dict["strategy"]["entropy_weight"] = 5.0
     decided = search(parse_config(tiny_config_dict), tmp_path / "decided", quiet=True).summary
     assert plain["entropy_ratio"] > 0.9
     assert decided["entropy_ratio"] < plain["entropy_ratio"] - 0.2

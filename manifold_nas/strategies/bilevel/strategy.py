@@ -2,16 +2,16 @@
 
 Every step takes one architecture step on a validation batch (first or
 second order, by the :class:`~manifold_nas.strategies.bilevel.architect.Architect`), then one
-weight step on a training batch; after ``search.warmup_epochs`` weight-only
+weight step on a training batch; after ``warmup_epochs`` weight-only
 epochs (DiNTS / V-NAS). After every epoch the supernet is validated, the
 probabilities, edge entropies and collapse diagnostics are logged, and a
 checkpoint is written. At the end the config's selector (DARTS top-k argmax
 or DARTS-PT perturbation) turns the supernet into a genotype.
 
-The settings live in the config's ``search:`` section (epochs, batch size,
-optimizers, order, warm-up, cost penalty, Hessian diagnostics), so every
-config written before strategies existed runs unchanged and gives the same
-result for the same seed.
+The shared settings (epochs, batch size, split, weight optimizer) come from
+the config's ``search:`` section; what only this strategy reads (order,
+warm-up, architecture optimizer, cost penalty, entropy term, Hessian
+diagnostics, synchronised batch norm) are its options in ``strategy:``.
 """
 
 from __future__ import annotations
@@ -24,9 +24,16 @@ from typing import Any
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from manifold_nas.config import call_with_options, split_name
+from manifold_nas.config import (
+    call_with_options,
+    check_count,
+    check_options,
+    is_finite_number,
+    split_name,
+)
 from manifold_nas.cost.measure import count_parameters
-from manifold_nas.optim import build_optimizer
+from manifold_nas.optim import ARCH_OPTIMIZERS, build_optimizer
+from manifold_nas.optim.factory import DARTS_ARCH_ADAM_OPTIONS
 from manifold_nas.optim.state import load_optimizer_state
 from manifold_nas.run.context import Run
 from manifold_nas.space.contracts import has_cost_model
@@ -42,10 +49,27 @@ from manifold_nas.space.selection import SELECTORS, SelectionContext
 from manifold_nas.space.supernet import Supernet
 from manifold_nas.strategies.base import Strategy, register_strategy
 from manifold_nas.strategies.bilevel.architect import Architect
+from manifold_nas.strategies.bilevel.penalty import architecture_penalty
 
 LOGGER = logging.getLogger("manifold_nas")
 
-__all__ = ["BilevelStrategy", "genotype_of"]
+__all__ = ["BilevelStrategy", "arch_optimizer_section", "genotype_of"]
+
+
+def arch_optimizer_section(value: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``arch_optimizer`` option as a full ``{name, **options}`` section, its options checked.
+
+    A section without ``name`` updates the default (DARTS' Adam), so
+    ``strategy.arch_optimizer.lr=0.1`` changes the step and keeps the rest.
+    """
+    if value is not None and not isinstance(value, Mapping):
+        raise ValueError(f"arch_optimizer must be a mapping with a 'name', got {value!r}")
+    section = dict(value or {})
+    if "name" not in section:
+        section = {"name": "adam", **DARTS_ARCH_ADAM_OPTIONS, **section}
+    name, options = split_name(section)
+    check_options(ARCH_OPTIMIZERS.get(name).__init__, options, "strategy.arch_optimizer", 2)
+    return section
 
 
 def genotype_of(supernet: Supernet, chosen: Mapping[str, Any], opset: str, config: Any) -> Genotype:
@@ -62,34 +86,84 @@ def genotype_of(supernet: Supernet, chosen: Mapping[str, Any], opset: str, confi
 
 @register_strategy("bilevel")
 class BilevelStrategy(Strategy):
-    """DARTS bilevel search configured by the ``search:`` section (no options of its own).
+    """DARTS bilevel search; runs data-parallel under ``torchrun`` (:mod:`manifold_nas.run.distributed`).
 
-    Runs data-parallel under ``torchrun`` (see :mod:`manifold_nas.run.distributed`).
+    Parameters
+    ----------
+    order:
+        ``"first"`` or ``"second"``: the architecture gradient's order (DARTS).
+    warmup_epochs:
+        Weight-only epochs before architecture steps start (DiNTS / V-NAS).
+    arch_optimizer:
+        The architecture optimizer, ``{name, **options}``; without ``name`` the
+        options update the default (DARTS' Adam, lr 3e-4, betas (0.5, 0.999),
+        weight decay 1e-3).
+    arch_penalty:
+        A cost penalty on the architecture loss (:mod:`~manifold_nas.strategies.bilevel.penalty`).
+    entropy_weight:
+        Adds ``λ(t) · mean edge entropy`` of the architecture distribution to
+        the architecture loss, ``λ(t)`` rising linearly from 0 after the
+        warm-up to ``entropy_weight`` at the last epoch (DiNTS), so the search
+        ends on a distribution that has chosen.
+    hessian_eigenvalue:
+        Log the dominant eigenvalue of the architecture Hessian every epoch.
+    sync_batch_norm:
+        Synchronise batch-norm statistics across ``torchrun`` processes.
     """
 
     supports_distributed = True
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        order: str = "first",
+        warmup_epochs: int = 0,
+        arch_optimizer: Mapping[str, Any] | None = None,
+        arch_penalty: Mapping[str, Any] | None = None,
+        entropy_weight: float = 0.0,
+        hessian_eigenvalue: bool = False,
+        sync_batch_norm: bool = False,
+    ) -> None:
+        if order not in ("first", "second"):
+            raise ValueError(f"order must be 'first' or 'second', got {order!r}")
+        self.order = order
+        check_count("warmup_epochs", warmup_epochs, 0)
+        self.warmup_epochs = warmup_epochs
+        self.arch_optimizer_options = arch_optimizer_section(arch_optimizer)
+        if arch_penalty is not None and not isinstance(arch_penalty, Mapping):
+            raise ValueError(f"arch_penalty must be a mapping, got {arch_penalty!r}")
+        self.arch_penalty = dict(arch_penalty or {})
+        if not is_finite_number(entropy_weight) or entropy_weight < 0:
+            raise ValueError(f"entropy_weight must be a finite number >= 0, got {entropy_weight!r}")
+        self.entropy_weight = float(entropy_weight)
+        for name, flag in (
+            ("hessian_eigenvalue", hessian_eigenvalue),
+            ("sync_batch_norm", sync_batch_norm),
+        ):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be true or false, got {flag!r}")
+        self.hessian_eigenvalue = hessian_eigenvalue
+        self.sync_batch_norm = sync_batch_norm
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
 
     # -- construction ---------------------------------------------------------------
     def setup(self, run: Run) -> None:
-        s = run.config.search
-        self.supernet = run.build_supernet()
-        if s.sync_batch_norm and run.world.distributed:
+        network = run.build_searchable()
+        penalty = architecture_penalty(run, network, self.arch_penalty)
+        self.supernet = run.build_supernet(network, penalty)
+        if self.sync_batch_norm and run.world.distributed:
             self.supernet = nn.SyncBatchNorm.convert_sync_batchnorm(self.supernet)
         self.model = run.data_parallel(self.supernet)
         self.weight_optimizer, self.scheduler = run.search_optimizer(
             self.supernet.weight_parameters()
         )
-        a_name, a_opts = split_name(s.arch_optimizer)
+        a_name, a_opts = split_name(self.arch_optimizer_options)
         self.arch_optimizer = build_optimizer(a_name, self.supernet.arch_parameters(), **a_opts)
         self.architect = Architect(
             self.supernet,
             run.task.loss,
             self.arch_optimizer,
-            order=s.order,
+            order=self.order,
             weight_optimizer=self.weight_optimizer,
             reduce=run.world.average,
         )
@@ -137,9 +211,9 @@ class BilevelStrategy(Strategy):
         s = run.config.search
         started = time.perf_counter()
         self.supernet.arch.relaxation.set_progress(self.epoch / max(1, s.epochs))
-        self.supernet.entropy_weight = self._entropy_weight(s)
+        self.supernet.entropy_weight = self._entropy_weight(s.epochs)
         if arch_steps is None:
-            arch_steps = self.epoch >= s.warmup_epochs
+            arch_steps = self.epoch >= self.warmup_epochs
         task = run.task
         self.supernet.train()
         sums: dict[str, float] = {}
@@ -183,12 +257,13 @@ class BilevelStrategy(Strategy):
         self.epoch += 1
         return summary
 
-    def _entropy_weight(self, s) -> float:
+    def _entropy_weight(self, epochs: int) -> float:
         """``λ(t)``: 0 until the warm-up ends, then rising linearly to ``entropy_weight``."""
-        if not s.entropy_weight:
+        if not self.entropy_weight:
             return 0.0
-        searched = max(1, s.epochs - s.warmup_epochs)
-        return s.entropy_weight * min(1.0, max(0.0, (self.epoch - s.warmup_epochs + 1) / searched))
+        searched = max(1, epochs - self.warmup_epochs)
+        progress = (self.epoch - self.warmup_epochs + 1) / searched
+        return self.entropy_weight * min(1.0, max(0.0, progress))
 
     def _steps_per_epoch(self, run: Run) -> int:
         s = run.config.search
@@ -217,7 +292,7 @@ class BilevelStrategy(Strategy):
             ),
             "seconds": previous + seconds,
         }
-        if run.config.search.hessian_eigenvalue:
+        if self.hessian_eigenvalue:
             summary["hessian_eigenvalue"] = self._hessian_eigenvalue(run)
         return summary
 
@@ -263,7 +338,7 @@ class BilevelStrategy(Strategy):
             LOGGER.warning(
                 "the architecture distribution is near-uniform (mean edge entropy %.0f%% of its "
                 "maximum, top-2 margin %.3f), so the chosen cell is close to a random draw; search "
-                "longer, raise the architecture step size or set search.entropy_weight",
+                "longer, raise the architecture step size or set strategy.entropy_weight",
                 100 * state["entropy_ratio"],
                 state["top2_margin"],
             )

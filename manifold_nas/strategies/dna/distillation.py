@@ -26,7 +26,10 @@ instead would let a learned adapter shrink the target).
 :class:`DistillationBlock` is one student block between its adapters:
 ``teacher inputs -> input adapters -> block(·, arch_weights) -> output
 adapter``. The adapters are trained with the block and are not part of the
-derived network.
+derived network. :func:`build_distillation_blocks` wires every block of a
+student to a teacher's stages, with the adapters their shapes need, and
+:func:`block_targets` is what block ``i`` learns from: the teacher features
+at its input boundaries and the teacher feature ``t_{i+1}`` it reproduces.
 """
 
 from __future__ import annotations
@@ -34,17 +37,23 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from manifold_nas.cost.measure import preserved_buffers
 from manifold_nas.errors import UserInputError
 from manifold_nas.space.contracts import NetworkBlock
+from manifold_nas.strategies.dna.teacher import TeacherStages
+from manifold_nas.strategies.dna.units import StudentBlocks, candidate_weights
 
 __all__ = [
     "FEATURE_LOSSES",
     "DistillationBlock",
     "FeatureAdapter",
     "adapter_parameters",
+    "block_targets",
+    "build_distillation_blocks",
     "mean_squared_error",
     "relative_l1",
 ]
@@ -157,3 +166,55 @@ class DistillationBlock(nn.Module):
 def adapter_parameters(blocks: Sequence[DistillationBlock]) -> int:
     """Parameters of every adapter (search scaffolding, not part of the derived network)."""
     return sum(p.numel() for b in blocks for p in b.adapters.parameters())
+
+
+# -- a student wired to a teacher ---------------------------------------------------------
+def block_targets(
+    stages: TeacherStages, blocks: Sequence[NetworkBlock], i: int, x: Tensor
+) -> tuple[tuple[Tensor, ...], Tensor]:
+    """The teacher features block ``i`` reads on input ``x``, and its target ``t_{i+1}``."""
+    features = stages.features(x)
+    return tuple(features[j] for j in blocks[i].inputs), features[i + 1]
+
+
+@torch.no_grad()
+def build_distillation_blocks(
+    stages: TeacherStages,
+    student: StudentBlocks,
+    probe: Tensor,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> list[DistillationBlock]:
+    """Every student block between the adapters its teacher features need (shapes on ``probe``).
+
+    The student's feature shapes are those of its first candidates, in eval
+    mode with its batch-norm statistics left as they were.
+
+    Raises
+    ------
+    UserInputError
+        When the teacher has not one stage per student block.
+    """
+    blocks = student.blocks
+    teacher = [tuple(t.shape[1:]) for t in stages.features(probe)]
+    if len(teacher) != len(blocks) + 1:
+        raise UserInputError(
+            f"the teacher has {len(teacher) - 1} stages ({', '.join(stages.describe())}) "
+            f"but the student has {len(blocks)} blocks "
+            f"({', '.join(b.name for b in blocks)}); set strategy.teacher.stages to "
+            f"{len(blocks) + 1} boundary names"
+        )
+    weights = candidate_weights(student.first_candidates, student.specs, dtype, device)
+    network = student.network
+    with preserved_buffers(network):
+        network.eval()
+        shapes = [tuple(t.shape[1:]) for t in network.block_features(probe, weights)]
+        network.train()
+    distill = []
+    for i, block in enumerate(blocks):
+        inputs = [FeatureAdapter(teacher[j], shapes[j]) for j in block.inputs]
+        output = FeatureAdapter(shapes[i + 1], teacher[i + 1])
+        wired = DistillationBlock(block, inputs, output)
+        wired.adapters.to(device=device, dtype=dtype)
+        distill.append(wired)
+    return distill

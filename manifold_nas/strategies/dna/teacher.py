@@ -34,6 +34,16 @@ Where the teacher comes from is a :class:`TeacherSpec` (the ``dna``
 strategy's ``teacher:`` option): a retrained run directory (``run``), a
 registered network trained inside the search (``network``), or any module
 factory (``module``).
+
+**Building and training** (the first step of the ``dna`` strategy).
+:func:`build_teacher` makes the spec's network for a run (a ``network``
+teacher under :func:`teacher_config`, the run's config with the teacher as
+its network); :func:`train_teacher` trains it on the whole training set,
+recording its :class:`TeacherProgress` and checkpointing after every epoch,
+so a resumed run continues the same training and ends with the same weights,
+and then saves it as a run directory of its own (:func:`save_teacher`,
+``RUN/teacher``). :func:`describe_teacher` is its summary entry: size,
+stages and validation metrics.
 """
 
 from __future__ import annotations
@@ -42,30 +52,42 @@ import importlib
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from manifold_nas.config import TrainSettings
-from manifold_nas.cost.measure import training_mode
+from manifold_nas.config import Config, TrainSettings, parse_config
+from manifold_nas.cost.measure import count_flops, count_parameters, training_mode
 from manifold_nas.errors import UserInputError
+from manifold_nas.run.checkpoint import load_torch_file, save_torch_atomically
+from manifold_nas.run.context import Run, build_network, stream_seed
 from manifold_nas.run.evaluation import load_trained_network
 from manifold_nas.space.contracts import INPUT, STAGE_FINDERS, BlockwiseNetwork
+from manifold_nas.space.genotype import Genotype
+from manifold_nas.strategies.dna.data_passes import reseed_data_transforms
 
 __all__ = [
     "INPUT",
     "TEACHER_SOURCES",
     "BlockStages",
+    "BuiltTeacher",
     "ModuleStages",
+    "TeacherProgress",
     "TeacherSpec",
     "TeacherStages",
+    "build_teacher",
+    "describe_teacher",
     "import_factory",
     "load_teacher_run",
     "parse_teacher_spec",
+    "save_teacher",
+    "teacher_config",
+    "teacher_settings",
     "teacher_stages",
+    "train_teacher",
 ]
 
 #: the boundary name that stands for the network input
@@ -353,3 +375,181 @@ def load_teacher_run(path: str | Path) -> tuple[nn.Module, Mapping[str, Any]]:
         network, run = load_trained_network(path)
     random.setstate(state)
     return network, run.config.to_dict()
+
+
+# -- building and training the teacher ----------------------------------------------------
+@dataclass(frozen=True)
+class BuiltTeacher:
+    """The teacher network a :class:`TeacherSpec` gives for one run, and how it came about."""
+
+    #: the network, on the run's device
+    network: nn.Module
+    #: where it came from, as the summary reports it (the spec's target and options)
+    source: dict[str, Any]
+    #: the config a ``network`` teacher is built and trained under (``None`` for the others)
+    config: Config | None
+    #: whether it needs no training inside the search (a run directory, or no epochs)
+    ready: bool
+
+
+@dataclass
+class TeacherProgress:
+    """How far the teacher's training inside the search has come (checkpointed)."""
+
+    #: the teacher is trained (or needs no training)
+    ready: bool = False
+    #: :meth:`~manifold_nas.run.context.Run.train`'s resume state during training
+    training: dict[str, Any] | None = None
+    #: one ``teacher_epoch`` record per finished epoch
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def build_teacher(spec: TeacherSpec, run: Run) -> BuiltTeacher:
+    """The teacher network of ``spec`` for ``run``, untrained where the spec trains it.
+
+    Raises
+    ------
+    UserInputError
+        When a teacher run was trained on other data, a teacher network is a
+        search space, or a module factory returns no ``nn.Module``.
+    """
+    if spec.source == "run":
+        network, config = load_teacher_run(spec.target)
+        if config["data"].get("name") != run.config.data.get("name"):
+            raise UserInputError(
+                f"teacher run {spec.target} was trained on data {config['data'].get('name')!r}, "
+                f"not {run.config.data.get('name')!r}"
+            )
+        return BuiltTeacher(network.to(run.device), {"run": spec.target}, None, ready=True)
+    if spec.source == "network":
+        config = teacher_config(spec, run)
+        network, _ = build_network(config, run.bundle)
+        if getattr(network, "arch_specs", None):
+            raise UserInputError(
+                f"teacher network {spec.target!r} is a search space; give a fixed network "
+                "or a retrained run directory"
+            )
+        source = {"network": spec.target, **spec.options}
+        return BuiltTeacher(network.to(run.device), source, config, ready=not spec.trains)
+    network = import_factory(spec.target)(**spec.options)
+    if not isinstance(network, nn.Module):
+        raise UserInputError(f"teacher.module {spec.target!r} did not return an nn.Module")
+    if spec.weights is not None:
+        network.load_state_dict(load_torch_file(spec.weights, "teacher weights"))
+    if run.dtype is not None:
+        network = network.to(run.dtype)
+    source = {"module": spec.target, **spec.options}
+    return BuiltTeacher(network.to(run.device), source, None, ready=not spec.trains)
+
+
+def _teacher_train_section(spec: TeacherSpec, run: Run) -> dict[str, Any]:
+    """The run's ``train:`` settings with the teacher's epochs and its ``train`` overrides."""
+    return {**asdict(run.config.train), "network": {}, "epochs": spec.epochs, **spec.train}
+
+
+def teacher_config(spec: TeacherSpec, run: Run) -> Config:
+    """The run's config with a ``network`` teacher as its network and its training settings."""
+    network = {"name": spec.target, "opset": run.config.network["opset"], **spec.options}
+    raw = {**run.config.to_dict(), "network": network, "train": _teacher_train_section(spec, run)}
+    return parse_config(raw, "strategy.teacher")
+
+
+def teacher_settings(spec: TeacherSpec, teacher: BuiltTeacher, run: Run) -> TrainSettings:
+    """The training settings the teacher trains under inside the search."""
+    if teacher.config is not None:
+        return teacher.config.train
+    raw = {
+        "data": run.config.data,
+        "network": run.config.network,
+        "train": _teacher_train_section(spec, run),
+    }
+    return parse_config(raw, "strategy.teacher").train
+
+
+def train_teacher(
+    run: Run,
+    spec: TeacherSpec,
+    teacher: BuiltTeacher,
+    progress: TeacherProgress,
+    checkpoint: Callable[[], None],
+) -> None:
+    """Train the teacher on the whole training set, continuing from ``progress``.
+
+    ``progress`` is updated and ``checkpoint()`` called after every epoch and
+    once more at the end, when the teacher is saved as ``RUN/teacher``.
+    """
+    settings = teacher_settings(spec, teacher, run)
+
+    def reseed(epoch: int) -> None:
+        reseed_data_transforms(run, stream_seed(run.config.seed, f"dna teacher {epoch}"))
+
+    def after_epoch(state: dict[str, Any]) -> None:
+        record = {"type": "teacher_epoch", **state["history"][-1]}
+        run.log(record)
+        progress.history.append(record)
+        progress.training = state
+        # reseed for the next epoch here, as a run resumed from this checkpoint does
+        reseed(len(progress.history))
+        checkpoint()
+
+    reseed(len(progress.history))
+    run.train(
+        teacher.network,
+        settings.epochs,
+        settings=settings,
+        train_set=run.bundle.train,
+        loader_seed=stream_seed(run.config.seed, "dna teacher"),
+        desc="teacher",
+        resume=progress.training,
+        checkpoint=after_epoch,
+    )
+    teacher.network.eval()
+    progress.ready = True
+    progress.training = None
+    save_teacher(run, spec, teacher, settings, progress.history)
+    checkpoint()
+
+
+def save_teacher(
+    run: Run,
+    spec: TeacherSpec,
+    teacher: BuiltTeacher,
+    settings: TrainSettings,
+    history: Sequence[Mapping[str, Any]],
+) -> None:
+    """The trained teacher as a run directory of its own (``RUN/teacher``), where the run writes."""
+    if not run.writes:
+        return
+    folder = run.directory.subdirectory("teacher")
+    state = teacher.network.state_dict()
+    if spec.source == "network":
+        genotype = Genotype(run.opset.name, {}, config=teacher.config.to_dict())
+        genotype.save(folder / "genotype.json")
+        (folder / "retrain").mkdir(exist_ok=True)
+        save_torch_atomically(state, folder / "retrain" / "model.pt")
+    else:
+        save_torch_atomically(state, folder / "model.pt")
+    run.directory.write_json(
+        "teacher/summary.json",
+        {"source": teacher.source, "epochs": settings.epochs, "history": history},
+    )
+
+
+@torch.no_grad()
+def describe_teacher(
+    run: Run, teacher: BuiltTeacher, stages: TeacherStages, probe: Tensor
+) -> dict[str, Any]:
+    """The summary's ``teacher`` entry: source, size, stages and validation metrics.
+
+    Its parameters and FLOPs (on ``probe``) are also what ``teacher_fraction``
+    budgets are a fraction of.
+    """
+    reseed_data_transforms(run, stream_seed(run.config.seed, "dna validation"))
+    return {
+        "source": teacher.source,
+        "parameters": count_parameters(teacher.network),
+        "flops": count_flops(teacher.network, probe),
+        "stages": stages.describe(),
+        "valid": run.evaluate(teacher.network),
+        "valid_note": "the teacher trains on the whole training set, validation split included",
+    }

@@ -36,6 +36,10 @@ numbered in mixed radix over the nodes (spec order, then node order), so
 "all of them" is ``range(size)`` and "``m`` uniform samples without
 replacement" is ``sorted(rng.sample(range(size), m))``, both decoded in
 :math:`O(\text{nodes})` per candidate however large the space.
+
+**A whole student** (:func:`student_blocks`) is a searchable network with its
+blocks, its units and the candidates each unit is ranked on
+(:class:`StudentBlocks`), every unit sampled from a random stream of its own.
 """
 
 from __future__ import annotations
@@ -43,12 +47,12 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from manifold_nas.errors import UserInputError
 from manifold_nas.space.cell import ArchSpec, ChosenEdge
@@ -57,10 +61,12 @@ from manifold_nas.space.genotype import Genotype
 
 __all__ = [
     "ChoiceUnit",
+    "StudentBlocks",
     "UnitCandidate",
     "candidate_weights",
     "choice_units",
     "combined_genotype",
+    "student_blocks",
     "unit_candidate_of",
     "unit_candidates",
     "unit_space_size",
@@ -269,3 +275,61 @@ def combined_genotype(
         ops={name: spec.ops for name, spec in specs.items()},
         config=dict(config or {}),
     )
+
+
+# -- a whole student ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class StudentBlocks:
+    """A searchable block-wise network cut into blocks, its choice units and their candidates."""
+
+    #: the searchable network (its blocks are views of its own modules)
+    network: nn.Module
+    #: its architecture parameters by name
+    specs: Mapping[str, ArchSpec]
+    #: its blocks, in network order
+    blocks: Sequence[NetworkBlock]
+    #: its choice units, in order of their first block
+    units: Sequence[ChoiceUnit]
+    #: block index -> the index of its unit
+    unit_of: Mapping[int, int]
+    #: per unit, the candidates that are ranked (all of them, or samples)
+    candidates: Sequence[Sequence[UnitCandidate]]
+    #: per unit, the size of its whole space
+    space_sizes: Sequence[int]
+
+    @property
+    def first_candidates(self) -> list[UnitCandidate]:
+        """The first candidate of every unit: a fixed reference genotype."""
+        return [found[0] for found in self.candidates]
+
+
+def student_blocks(
+    network: nn.Module,
+    zero: str | None,
+    max_candidates: int,
+    unit_rng: Callable[[int], random.Random],
+) -> StudentBlocks:
+    """Cut a block-wise ``network`` into units and draw each unit's candidates.
+
+    ``unit_rng(u)`` is the random stream unit ``u`` samples its candidates
+    from (one stream per unit, so a unit's candidates do not depend on the
+    others).
+
+    Raises
+    ------
+    UserInputError
+        When a block owns no architecture rows (and see :func:`choice_units`).
+    """
+    specs = dict(network.arch_specs)
+    blocks = network.blocks()
+    units = choice_units(blocks, specs)
+    unit_of = {b: u for u, unit in enumerate(units) for b in unit.blocks}
+    missing = [block.name for b, block in enumerate(blocks) if b not in unit_of]
+    if missing:
+        raise UserInputError(f"student block {missing[0]!r} owns no architecture rows")
+    candidates, space_sizes = [], []
+    for u, unit in enumerate(units):
+        found, size = unit_candidates(unit, specs, zero, max_candidates, unit_rng(u))
+        candidates.append(found)
+        space_sizes.append(size)
+    return StudentBlocks(network, specs, blocks, units, unit_of, candidates, space_sizes)

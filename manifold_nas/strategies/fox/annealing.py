@@ -10,6 +10,12 @@ available (FOX-NAS ships it commented out) and FOX-NAS's stale-step rule as
 an option. :func:`genotype_neighbours` and :func:`random_genotype` make
 cell genotypes such a space.
 
+FOX's search over them is :func:`anneal_designs`: the fitted accuracy model
+as the objective, :func:`within_budget` (look-up-table costs or the fitted
+cost models) as the feasibility test, on the run's ``fox anneal`` stream;
+:func:`design_records` and :func:`anneal_record` are what ``designs.json``
+reports of it.
+
 The objective and the feasibility test are assumed deterministic: both are
 cached per state key, so a revisited state costs nothing and is counted once.
 """
@@ -23,14 +29,24 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from manifold_nas.cost.budget import GenotypeCost, cheapest_genotype
+from manifold_nas.errors import UserInputError
+from manifold_nas.predictors.performance import PerformanceModels
+from manifold_nas.run.context import Run, stream_seed
 from manifold_nas.space.cell import ArchSpec, ChosenEdge
 from manifold_nas.space.genotype import Genotype
+from manifold_nas.space.sampling import genotype_key, random_genotype
+from manifold_nas.strategies.fox.options import FoxOptions
 
 __all__ = [
     "AnnealResult",
     "anneal",
+    "anneal_designs",
+    "anneal_record",
+    "design_records",
     "genotype_neighbours",
     "temperatures",
+    "within_budget",
 ]
 
 State = TypeVar("State")
@@ -299,3 +315,120 @@ def genotype_neighbours(
         )
 
     return neighbours
+
+
+# --------------------------------------------------------------------------- FOX's search
+
+
+def within_budget(
+    genotype: Genotype, models: PerformanceModels, cost_model: GenotypeCost, options: FoxOptions
+) -> bool:
+    """Whether ``genotype`` is within ``options.budget`` by ``options.feasibility``.
+
+    ``lut``: its look-up-table costs with the safety margin; ``predictor``:
+    the ``options.predictor`` cost models' predictions against the limits
+    scaled by ``1 − safety_margin``.
+    """
+    scale = 1.0 - options.safety_margin
+    if options.feasibility == "predictor":
+        return all(
+            models.predict_one(genotype, kind, options.predictor) <= scale * limit
+            for kind, limit in options.budget.items()
+        )
+    return cost_model.feasible(genotype, options.budget, options.safety_margin)
+
+
+def anneal_designs(
+    run: Run,
+    models: PerformanceModels,
+    *,
+    specs: Mapping[str, ArchSpec],
+    zero: str | None,
+    primary: str,
+    cost_model: GenotypeCost,
+    options: FoxOptions,
+) -> AnnealResult[Genotype]:
+    """Anneal over genotypes for the ``options.predictor`` model's ``primary``, within the budget.
+
+    On the run's ``fox anneal`` stream. A restart starts from a random
+    genotype within the budget or, when 100 draws find none, from the
+    cheapest genotype by the look-up table of some budgeted kind; a budget
+    that even those exceed is refused with their costs.
+    """
+    opset = run.opset.name
+
+    def feasible_by_budget(genotype: Genotype) -> bool:
+        return within_budget(genotype, models, cost_model, options)
+
+    # without a budget anneal() admits every state without testing it
+    feasible = feasible_by_budget if options.budget else None
+
+    def start(rng: Rng) -> Genotype:
+        for _ in range(100):
+            genotype = random_genotype(specs, opset, zero, rng)
+            if feasible is None or feasible(genotype):
+                return genotype
+        cheapest = {}
+        for kind in options.budget:
+            genotype = cheapest_genotype(cost_model.table, specs, opset, zero, kind)
+            if feasible(genotype):
+                return genotype
+            cheapest[kind] = cost_model.cost(genotype, kind)
+        raise UserInputError(
+            f"no architecture within strategy.budget {options.budget}: the cheapest by the "
+            f"look-up table costs {', '.join(f'{k} {v:.4g}' for k, v in cheapest.items())}"
+        )
+
+    return anneal(
+        lambda genotype: models.predict_one(genotype, primary, options.predictor),
+        feasible,
+        genotype_neighbours(specs, zero, max_changes=options.max_changes),
+        start,
+        key=genotype_key,
+        seed=stream_seed(run.config.seed, "fox anneal"),
+        **options.anneal_options,
+    )
+
+
+def design_records(
+    result: AnnealResult[Genotype],
+    models: PerformanceModels,
+    *,
+    primary: str,
+    cost_model: GenotypeCost,
+) -> list[dict[str, Any]]:
+    """The annealer's best designs as ``designs.json`` entries, best first.
+
+    Each has every fitted model's prediction and its look-up-table costs;
+    ``measured`` and ``budget_holds`` stay None until the design is verified.
+    """
+    designs = []
+    for rank, (genotype, value) in enumerate(result.best):
+        predicted = {primary: float(value)}
+        for target, by_kind in models.models.items():
+            for kind in by_kind:
+                predicted[f"{target} ({kind})"] = models.predict_one(genotype, target, kind)
+        designs.append(
+            {
+                "rank": rank,
+                "genotype": genotype.to_dict()["cells"],
+                "predicted": predicted,
+                "cost": cost_model.costs(genotype),
+                "feasible": True,
+                "measured": None,
+                "budget_holds": None,
+            }
+        )
+    return designs
+
+
+def anneal_record(result: AnnealResult[Genotype], options: FoxOptions) -> dict[str, Any]:
+    """What the annealer did and with which options, as ``designs.json`` and the summary report it."""
+    return {
+        "evaluations": result.evaluations,
+        "proposals": result.proposals,
+        "accepted": result.accepted,
+        "skipped": result.skipped,
+        **options.anneal_options,
+        "max_changes": options.max_changes,
+    }

@@ -15,18 +15,21 @@ model under a latency budget. This strategy does that for any op set:
    ``trial_epochs`` epochs, local or Ray), and, with ``measure``, with its
    costs measured end to end on this machine (latency at batch 1: warm-up,
    median of repeats). A checkpoint is written after every few labels and
-   once labelling is done, so a resumed run never labels a sub-network twice.
+   once labelling is done, so a resumed run never labels a sub-network twice
+   (:mod:`~manifold_nas.strategies.fox.labelling`).
 3. **Fit** OLS and Lasso predictors of accuracy and of every measured cost
    on readable genotype features (:mod:`manifold_nas.predictors.performance`);
-   ``predictor.md`` and ``predictor_coefficients.png`` report them.
-4. **Anneal** (:func:`manifold_nas.strategies.fox.annealing.anneal`) over genotypes,
+   ``predictor.md`` and ``predictor_coefficients.png`` report them
+   (:mod:`~manifold_nas.strategies.fox.fitting`).
+4. **Anneal** (:func:`manifold_nas.strategies.fox.annealing.anneal_designs`) over genotypes,
    maximising the ``predictor`` model's accuracy, neighbours changing up to
    ``max_changes`` edges, with ``restarts``; the ``top_k`` unique designs go
    to ``designs.json`` and the best one is the run's genotype.
 5. **Verify** (``verify``): every design's derived network is measured end
    to end and ``designs.json`` says whether the budget holds on the
    measurement. The measurement is reported, never used to choose, so a
-   resumed run chooses exactly what the uninterrupted one would.
+   resumed run chooses exactly what the uninterrupted one would
+   (:mod:`~manifold_nas.strategies.fox.verification`).
 
 **Feasibility.** ``strategy.budget`` maps cost kinds (``latency_ms``,
 ``params``, ``flops``, ``flops_with_linalg``, ``memory``) to limits, all per
@@ -46,64 +49,36 @@ timings. ``feasibility: predictor`` uses the fitted cost models instead
 
 from __future__ import annotations
 
-import math
-import random
-from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
-import numpy as np
 import torch
 
-from manifold_nas.config import positive_int
-from manifold_nas.cost.budget import (
-    GenotypeCost,
-    cheapest_genotype,
-    parse_budget,
-)
+from manifold_nas.cost.budget import GenotypeCost
 from manifold_nas.errors import UserInputError
-from manifold_nas.predictors.performance import (
-    PREDICTOR_KINDS,
-    FeatureSpace,
-    PerformanceModels,
-    Quality,
-    kendall_tau,
-    r_squared,
-    write_performance_report,
-)
-from manifold_nas.run.context import Run, stream_seed, trial_seed
+from manifold_nas.predictors.performance import FeatureSpace
+from manifold_nas.run.context import Run
 from manifold_nas.space.genotype import Genotype
-from manifold_nas.space.sampling import genotype_key, random_genotype
 from manifold_nas.strategies.base import Strategy, register_strategy
-from manifold_nas.strategies.fox.annealing import anneal, genotype_neighbours
-from manifold_nas.strategies.multi_trial import (
-    TrialJob,
-    check_proxy,
-    open_backend,
-    train_trial,
-    trial_epochs,
+from manifold_nas.strategies.fox.annealing import anneal_designs, anneal_record, design_records
+from manifold_nas.strategies.fox.fitting import fit_predictors, labelled_set
+from manifold_nas.strategies.fox.labelling import (
+    draw_samples,
+    label_samples,
+    measure_samples,
+    sample_genotypes,
 )
-from manifold_nas.strategies.one_shot import (
-    SinglePathOneShot,
-    evaluate_path,
-    path_from_cells,
-    recalibration_inputs,
+from manifold_nas.strategies.fox.options import FoxOptions
+from manifold_nas.strategies.fox.verification import (
+    design_genotype,
+    final_metrics,
+    verify_designs,
+    write_designs,
 )
+from manifold_nas.strategies.multi_trial import check_proxy
+from manifold_nas.strategies.one_shot import SinglePathOneShot
 
 __all__ = ["FoxSearch"]
-
-LABEL_SOURCES = ("supernet", "trials")
-FEASIBILITY = ("lut", "predictor")
-#: draws per wanted sample before the space is taken to hold fewer distinct sub-networks
-DRAWS_PER_SAMPLE = 50
-#: labels (or measurements) between checkpoints while labelling with the supernet
-CHECKPOINT_EVERY = 10
-UNITS = {
-    "latency_ms": "ms",
-    "params": "parameters",
-    "flops": "FLOPs",
-    "flops_with_linalg": "FLOPs",
-    "memory": "bytes",
-}
 
 
 @register_strategy("fox")
@@ -175,60 +150,21 @@ class FoxSearch(Strategy):
         latency_warmup: int = 3,
         latency_repeats: int = 20,
     ) -> None:
-        if labels not in LABEL_SOURCES:
-            raise ValueError(f"labels must be one of {LABEL_SOURCES}, got {labels!r}")
-        if predictor not in PREDICTOR_KINDS:
-            raise ValueError(f"predictor must be one of {PREDICTOR_KINDS}, got {predictor!r}")
-        if feasibility not in FEASIBILITY:
-            raise ValueError(f"feasibility must be one of {FEASIBILITY}, got {feasibility!r}")
-        if feasibility == "predictor" and not measure:
-            raise ValueError(
-                "feasibility 'predictor' fits cost models on measurements: set measure"
-            )
-        if not 0.0 <= safety_margin < 1.0:
-            raise ValueError(f"safety_margin must lie in [0, 1), got {safety_margin}")
-        self.n_samples = positive_int("samples", samples)
-        if self.n_samples < 3:
-            raise ValueError(f"samples must be at least 3 to fit a predictor, got {samples}")
-        self.labels_from = labels
-        self.trial_epochs = positive_int("trial_epochs", trial_epochs)
-        if recalibration_batches < 0:
-            raise ValueError(f"recalibration_batches must be >= 0, got {recalibration_batches}")
-        self.recalibration_batches = int(recalibration_batches)
-        self.budget = parse_budget(budget)
-        self.predictor = predictor
-        self.interactions = bool(interactions)
-        self.feasibility = feasibility
-        self.safety_margin = float(safety_margin)
-        self.measure = bool(measure)
-        self.anneal_options = {
-            "steps": int(steps),
-            "restarts": positive_int("restarts", restarts),
-            "top_k": positive_int("top_k", top_k),
-            "schedule": schedule,
-            "t_start": float(t_start),
-            "t_end": float(t_end),
-            "stale_limit": stale_limit,
-            "stale_accept": stale_accept,
-            "patience": patience,
-        }
-        if steps < 0:
-            raise ValueError(f"steps must be >= 0, got {steps}")
-        self.max_changes = positive_int("max_changes", max_changes)
-        self.verify = bool(verify)
-        if latency_warmup < 0:
-            raise ValueError(f"latency_warmup must be >= 0, got {latency_warmup}")
-        self.latency_warmup = int(latency_warmup)
-        self.latency_repeats = positive_int("latency_repeats", latency_repeats)
+        # the keywords are the config's strategy: keys (checked against this signature
+        # before data loads); as the first statement, locals() holds exactly them
+        arguments = {name: value for name, value in locals().items() if name != "self"}
+        self.options = FoxOptions(**arguments)
+        # progress (the checkpointed state)
         self.samples: list[dict[str, Any]] = []
         self.measured: list[dict[str, float] | None] = []
         self.labels: dict[int, dict[str, Any]] = {}
+        # results (recomputed by every run, resumed or not)
         self.designs: list[dict[str, Any]] = []
         self.chosen: dict[str, Any] = {}
 
     # -- construction -----------------------------------------------------------------
     def setup(self, run: Run) -> None:
-        if self.labels_from == "trials":
+        if self.options.labels == "trials":
             check_proxy(run.config)
         elif run.config.search.backend != "local":
             raise UserInputError(
@@ -244,17 +180,19 @@ class FoxSearch(Strategy):
         table = run.cost_table(
             network,
             latency=True,
-            warmup=self.latency_warmup,
-            repeats=self.latency_repeats,
+            warmup=self.options.latency_warmup,
+            repeats=self.options.latency_repeats,
             x=self.x,
         )
         self.cost_model = GenotypeCost(table)
         self.features = FeatureSpace(
-            self.specs, self.zero, run.opset.parameter_free, self.interactions
+            self.specs, self.zero, run.opset.parameter_free, self.options.interactions
         )
         self.trainer = None
-        if self.labels_from == "supernet":
-            self.trainer = SinglePathOneShot(recalibration_batches=self.recalibration_batches)
+        if self.options.labels == "supernet":
+            self.trainer = SinglePathOneShot(
+                recalibration_batches=self.options.recalibration_batches
+            )
             self.trainer.setup(run)
 
     def state_dict(self) -> dict[str, Any]:
@@ -288,286 +226,83 @@ class FoxSearch(Strategy):
 
     # -- the search ----------------------------------------------------------------------
     def run(self, run: Run) -> Genotype:
+        checkpoint = partial(run.checkpoint, self)
         if self.trainer is not None:
             while self.trainer.epoch < run.config.search.epochs:
                 self.trainer.train_epoch(run)
-                run.checkpoint(self)
+                checkpoint()
         if not self.samples:
-            self.samples = self._draw_samples(run)
-        self._measure_samples(run)
-        self._label_samples(run)
-        run.checkpoint(self)
-        _, models = self._fit(run)
-        result = self._anneal(run, models)
-        self.designs = [self._design(rank, g, v, models) for rank, (g, v) in enumerate(result.best)]
-        self.anneal_record = {
-            "evaluations": result.evaluations,
-            "proposals": result.proposals,
-            "accepted": result.accepted,
-            "skipped": result.skipped,
-            **self.anneal_options,
-            "max_changes": self.max_changes,
-        }
-        best = self._genotype(run, self.designs[0]["genotype"])
-        self.chosen = {"design": self.designs[0], "valid": self._final_metrics(run, best)}
-        if self.verify:
-            for design in self.designs:
-                self._verify(run, design)
-        self._write_designs(run)
+            self.samples = draw_samples(run, self.specs, self.zero, self.options.samples)
+        genotypes = sample_genotypes(run, self.specs, self.samples)
+        measure_samples(
+            run, genotypes, self.measured, x=self.x, options=self.options, checkpoint=checkpoint
+        )
+        label_samples(
+            run,
+            genotypes,
+            self.samples,
+            self.labels,
+            measured=self.measured,
+            cost_model=self.cost_model,
+            trainer=self.trainer,
+            specs=self.specs,
+            options=self.options,
+            checkpoint=checkpoint,
+        )
+        checkpoint()
+        fitted = fit_predictors(
+            run,
+            genotypes,
+            self.labels,
+            self.measured,
+            primary=self.primary,
+            features=self.features,
+            cost_model=self.cost_model,
+            options=self.options,
+            device=self.x.device,
+        )
+        self.models, self.lut_quality = fitted.models, fitted.lut_quality
+        result = anneal_designs(
+            run,
+            self.models,
+            specs=self.specs,
+            zero=self.zero,
+            primary=self.primary,
+            cost_model=self.cost_model,
+            options=self.options,
+        )
+        self.designs = design_records(
+            result, self.models, primary=self.primary, cost_model=self.cost_model
+        )
+        self.anneal_record = anneal_record(result, self.options)
+        best = design_genotype(run, self.designs[0]["genotype"], self.specs)
+        valid = final_metrics(
+            run,
+            best,
+            samples=self.samples,
+            labels=self.labels,
+            specs=self.specs,
+            trainer=self.trainer,
+            options=self.options,
+        )
+        self.chosen = {"design": self.designs[0], "valid": valid}
+        if self.options.verify:
+            verify_designs(run, self.designs, specs=self.specs, x=self.x, options=self.options)
+        write_designs(
+            run,
+            self.designs,
+            primary=self.primary,
+            cost_model=self.cost_model,
+            anneal_record=self.anneal_record,
+            options=self.options,
+        )
         run.log({"type": "fox_designs", "designs": self.designs})
         return best
 
-    def _genotype(self, run: Run, cells: Mapping[str, Any]) -> Genotype:
-        path = path_from_cells(cells, self.specs, run.opset.name)
-        return Genotype(path.opset, path.cells, ops=path.ops, config=run.config.to_dict())
-
-    def _sample_genotypes(self, run: Run) -> list[Genotype]:
-        return [path_from_cells(c, self.specs, run.opset.name) for c in self.samples]
-
-    def _draw_samples(self, run: Run) -> list[dict[str, Any]]:
-        """``samples`` distinct uniform sub-networks on the run's ``fox samples`` stream."""
-        rng = random.Random(stream_seed(run.config.seed, "fox samples"))
-        found: dict[str, dict[str, Any]] = {}
-        for _ in range(DRAWS_PER_SAMPLE * self.n_samples):
-            if len(found) == self.n_samples:
-                break
-            genotype = random_genotype(self.specs, run.opset.name, self.zero, rng)
-            found.setdefault(genotype_key(genotype), genotype.to_dict()["cells"])
-        if len(found) < 3:
-            raise UserInputError(
-                f"the search space holds {len(found)} distinct sub-network(s); fox needs at least 3"
-            )
-        return list(found.values())
-
-    def _measure_samples(self, run: Run) -> None:
-        genotypes = self._sample_genotypes(run)
-        while len(self.measured) < len(genotypes):
-            index = len(self.measured)
-            measured = None
-            if self.measure:
-                measured = run.measure_genotype(
-                    genotypes[index],
-                    self.x,
-                    warmup=self.latency_warmup,
-                    repeats=self.latency_repeats,
-                )
-            self.measured.append(measured)
-            if self.measure and (index + 1) % CHECKPOINT_EVERY == 0:
-                run.checkpoint(self)
-
-    def _label_record(self, index: int, valid: Mapping[str, Any], run: Run) -> dict[str, Any]:
-        genotype = path_from_cells(self.samples[index], self.specs, run.opset.name)
-        record = {
-            "type": "fox_label",
-            "index": index,
-            "genotype": self.samples[index],
-            "valid": dict(valid),
-            "lut": self.cost_model.costs(genotype),
-            "measured": self.measured[index],
-        }
-        run.log(record)
-        return {"valid": dict(valid)}
-
-    def _label_samples(self, run: Run) -> None:
-        pending = [i for i in range(len(self.samples)) if i not in self.labels]
-        if not pending:
-            return
-        if self.trainer is not None:
-            recalibration = self._recalibration(run)
-            for count, index in enumerate(pending, 1):
-                path = path_from_cells(self.samples[index], self.specs, run.opset.name)
-                metrics = evaluate_path(run, self.trainer.supernet, path, self.specs, recalibration)
-                self.labels[index] = self._label_record(index, metrics, run)
-                if count % CHECKPOINT_EVERY == 0:
-                    run.checkpoint(self)
-            return
-        jobs = [self._trial_job(run, i, self.samples[i]) for i in pending]
-
-        def on_result(job: TrialJob, result: dict[str, Any]) -> None:
-            self.labels[job.index] = self._label_record(job.index, result["valid"], run)
-            run.checkpoint(self)
-
-        self._run_trials(run, jobs, on_result)
-
-    def _recalibration(self, run: Run) -> list:
-        seed = stream_seed(run.config.seed, "recalibration")
-        return recalibration_inputs(run, self.recalibration_batches, seed)
-
-    def _trial_job(self, run: Run, index: int, cells: Mapping[str, Any]) -> TrialJob:
-        return TrialJob(
-            index=index,
-            seed=trial_seed(run.config.seed, index),
-            cells=cells,
-            epochs=trial_epochs(run.config, self.trial_epochs),
-        )
-
-    @staticmethod
-    def _run_trials(run: Run, jobs: list[TrialJob], on_result) -> None:
-        backend = open_backend(run)
-        try:
-            backend.map(train_trial, jobs, on_result)
-        finally:
-            backend.close()
-
     def labelled_set(self, run: Run) -> tuple[list[Genotype], list[float], list[Any]]:
         """The labelled sub-networks, their primary metric and their end-to-end costs."""
-        genotypes = self._sample_genotypes(run)
-        accuracy = [
-            self._accuracy(i) if i in self.labels else math.nan for i in range(len(genotypes))
-        ]
-        return genotypes, accuracy, list(self.measured)
-
-    def _accuracy(self, index: int) -> float:
-        value = self.labels[index]["valid"].get(self.primary, math.nan)
-        return float("nan") if value is None else float(value)
-
-    def _fit(self, run: Run) -> tuple[list[Genotype], PerformanceModels]:
-        """Offsets from the measurements, then the accuracy and cost models, then the report."""
-        genotypes = self._sample_genotypes(run)
-        if self.measure:
-            self.cost_model.calibrate(genotypes, self.measured)
-        usable = [i for i in range(len(genotypes)) if math.isfinite(self._accuracy(i))]
-        if len(usable) < 3:
-            raise UserInputError(
-                f"only {len(usable)} labelled sub-network(s) have a finite {self.primary}; "
-                "fox needs at least 3 to fit its predictors"
-            )
-        targets = {self.primary: [self._accuracy(i) for i in usable]}
-        if self.measure:
-            for kind in dict.fromkeys(["latency_ms", *self.budget]):
-                targets[kind] = [self.measured[i][kind] for i in usable]
-        chosen = [genotypes[i] for i in usable]
-        models = PerformanceModels(self.features).fit(chosen, targets, units=UNITS)
-        self.lut_quality = {}
-        if self.measure:
-            for kind in targets:
-                if kind == self.primary:
-                    continue
-                lut = [self.cost_model.cost(g, kind) for g in chosen]
-                truth = targets[kind]
-                self.lut_quality[kind] = Quality(
-                    kendall_tau(truth, lut), r_squared(truth, lut), len(truth)
-                )
-        if run.writes:
-            source = (
-                "accuracy with inherited supernet weights"
-                if self.trainer is not None
-                else "accuracy after stand-alone proxy training"
-            )
-            if self.measure:
-                source += f"; costs measured end to end on {self.x.device}, batch 1"
-            write_performance_report(
-                models,
-                run.out_dir,
-                source=source,
-                plotted=self.predictor,
-                extra_rows=[
-                    (k, "LUT sum + offset (in sample)", q) for k, q in self.lut_quality.items()
-                ],
-            )
-        self.models = models
-        return chosen, models
-
-    def _costs_ok(self, genotype: Genotype, models: PerformanceModels) -> bool:
-        scale = 1.0 - self.safety_margin
-        if self.feasibility == "predictor":
-            return all(
-                models.predict_one(genotype, kind, self.predictor) <= scale * limit
-                for kind, limit in self.budget.items()
-            )
-        return self.cost_model.feasible(genotype, self.budget, self.safety_margin)
-
-    def _anneal(self, run: Run, models: PerformanceModels):
-        opset = run.opset.name
-        feasible = None
-        if self.budget:
-            feasible = lambda g: self._costs_ok(g, models)  # noqa: E731
-
-        def start(rng: np.random.Generator) -> Genotype:
-            for _ in range(100):
-                genotype = random_genotype(self.specs, opset, self.zero, rng)
-                if feasible is None or feasible(genotype):
-                    return genotype
-            cheapest = {}
-            for kind in self.budget:
-                genotype = cheapest_genotype(
-                    self.cost_model.table, self.specs, opset, self.zero, kind
-                )
-                if feasible(genotype):
-                    return genotype
-                cheapest[kind] = self.cost_model.cost(genotype, kind)
-            raise UserInputError(
-                f"no architecture within strategy.budget {self.budget}: the cheapest by the "
-                f"look-up table costs {', '.join(f'{k} {v:.4g}' for k, v in cheapest.items())}"
-            )
-
-        return anneal(
-            lambda g: models.predict_one(g, self.primary, self.predictor),
-            feasible,
-            genotype_neighbours(self.specs, self.zero, max_changes=self.max_changes),
-            start,
-            key=genotype_key,
-            seed=stream_seed(run.config.seed, "fox anneal"),
-            **self.anneal_options,
-        )
-
-    def _design(
-        self, rank: int, genotype: Genotype, value: float, models: PerformanceModels
-    ) -> dict[str, Any]:
-        predicted = {self.primary: float(value)}
-        for target, by_kind in models.models.items():
-            for kind in by_kind:
-                predicted[f"{target} ({kind})"] = models.predict_one(genotype, target, kind)
-        return {
-            "rank": rank,
-            "genotype": genotype.to_dict()["cells"],
-            "predicted": predicted,
-            "cost": self.cost_model.costs(genotype),
-            "feasible": True,
-            "measured": None,
-            "budget_holds": None,
-        }
-
-    def _final_metrics(self, run: Run, genotype: Genotype) -> dict[str, Any]:
-        """Validation metrics of the chosen design, as the labels were obtained."""
-        if self.trainer is not None:
-            return evaluate_path(
-                run, self.trainer.supernet, genotype, self.specs, self._recalibration(run)
-            )
-        key = genotype_key(genotype)
-        for index, cells in enumerate(self.samples):
-            if index in self.labels and genotype_key(path_from_cells(cells, self.specs, "")) == key:
-                return dict(self.labels[index]["valid"])
-        found: dict[str, Any] = {}
-        job = self._trial_job(run, len(self.samples), genotype.to_dict()["cells"])
-        self._run_trials(run, [job], lambda _, result: found.update(result["valid"]))
-        return found
-
-    def _verify(self, run: Run, design: dict[str, Any]) -> None:
-        genotype = path_from_cells(design["genotype"], self.specs, run.opset.name)
-        measured = run.measure_genotype(
-            genotype, self.x, warmup=self.latency_warmup, repeats=self.latency_repeats
-        )
-        design["measured"] = measured
-        design["budget_holds"] = all(measured[k] <= v for k, v in self.budget.items())
-
-    def _write_designs(self, run: Run) -> None:
-        if not run.writes:
-            return
-        run.directory.write_json(
-            "designs.json",
-            {
-                "budget": self.budget,
-                "feasibility": self.feasibility,
-                "safety_margin": self.safety_margin,
-                "predictor": self.predictor,
-                "primary_metric": self.primary,
-                "offsets": {k: vars(v) for k, v in self.cost_model.offsets.items()},
-                "cost_context": dict(self.cost_model.table.context),
-                "anneal": self.anneal_record,
-                "designs": self.designs,
-            },
-        )
+        genotypes = sample_genotypes(run, self.specs, self.samples)
+        return labelled_set(genotypes, self.labels, self.measured, self.primary)
 
     def summary(self, run: Run) -> dict[str, Any]:
         design = self.chosen.get("design", {})
@@ -580,9 +315,9 @@ class FoxSearch(Strategy):
                 else "stand-alone training at the proxy setting"
             ),
             "samples": len(self.samples),
-            "labels": self.labels_from,
-            "budget": self.budget,
-            "feasibility": self.feasibility,
+            "labels": self.options.labels,
+            "budget": self.options.budget,
+            "feasibility": self.options.feasibility,
             "chosen": {k: design.get(k) for k in ("predicted", "cost", "measured", "budget_holds")},
             "designs_within_budget_measured": (
                 f"{sum(verified)} of {len(verified)}" if verified else None

@@ -170,9 +170,9 @@ def test_tiny_search_on_basic_motions_yields_a_genotype_of_the_right_ops(tmp_pat
                 "epochs": 1,
                 "batch_size": 8,
                 "max_steps_per_epoch": 2,
-                "order": order,
                 "weight_optimizer": {"name": "riemannian_sgd", "lr": 0.025},
             },
+            "strategy": {"name": "bilevel", "order": order},
         }
     )
     genotype = search(config, tmp_path, quiet=True).genotype

@@ -17,9 +17,11 @@ from manifold_nas.space.cell import ChosenEdge, cell_arch_spec
 from manifold_nas.space.contracts import INPUT
 from manifold_nas.space.opset import OPSETS
 from manifold_nas.space.sampling import genotype_weights, random_genotype
+from manifold_nas.strategies.dna.combination import combination_budget
 from manifold_nas.strategies.dna.distillation import (
     DistillationBlock,
     FeatureAdapter,
+    block_targets,
     mean_squared_error,
     relative_l1,
 )
@@ -34,6 +36,7 @@ from manifold_nas.strategies.dna.units import (
     candidate_weights,
     choice_units,
     combined_genotype,
+    student_blocks,
     unit_candidate_of,
     unit_candidates,
     unit_space_size,
@@ -323,3 +326,35 @@ def test_one_candidate_per_unit_is_one_genotype_and_its_weights_select_exactly_i
     weights = candidate_weights(parts, specs)
     for name, w in genotype_weights(genotype, specs).items():
         assert torch.equal(weights[name], w)
+
+
+def test_a_student_samples_each_unit_from_its_own_stream():
+    net = tiny_darts(layers=4)
+    student = student_blocks(net, "none", 5, lambda u: random.Random(100 + u))
+    assert [u.blocks for u in student.units] == [(0, 3), (1, 2)]
+    assert student.unit_of == {0: 0, 3: 0, 1: 1, 2: 1}
+    for u, unit in enumerate(student.units):
+        expected, size = unit_candidates(unit, net.arch_specs, "none", 5, random.Random(100 + u))
+        assert student.candidates[u] == expected and student.space_sizes[u] == size
+    assert student.first_candidates == [found[0] for found in student.candidates]
+
+
+def test_a_block_learns_from_the_teacher_features_at_its_inputs_and_the_next_boundary():
+    torch.manual_seed(0)
+    teacher = SimpleCNN(1, 10, channels=4, depth=1).eval()
+    stages = ModuleStages(teacher, [INPUT, "features.2", "features.5", "features.8"])
+    blocks = tiny_darts().blocks()
+    x = torch.randn(2, 1, 8, 8)
+    features = stages.features(x)
+    inputs, target = block_targets(stages, blocks, 1, x)
+    assert blocks[1].inputs == (0, 1)
+    assert all(torch.equal(a, b) for a, b in zip(inputs, features[:2]))
+    assert torch.equal(target, features[2])
+
+
+def test_the_budget_is_absolute_or_a_fraction_of_the_teachers_cost():
+    teacher = {"parameters": 1000, "flops": 4000}
+    assert combination_budget(None, None, teacher, "params") is None
+    assert combination_budget(50.0, None, teacher, "params") == 50.0
+    assert combination_budget(None, 0.5, teacher, "params") == 500.0
+    assert combination_budget(None, 0.25, teacher, "flops") == 1000.0

@@ -10,8 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TINY_VISION
-from support import REPO, TINY_SPD, TINY_VOLUMETRIC, logged, read_records, search_killed_when
+from support import (
+    REPO,
+    TINY_SPD,
+    TINY_VISION,
+    TINY_VOLUMETRIC,
+    logged,
+    read_records,
+    search_killed_when,
+)
 
 from manifold_nas.cli import main
 from manifold_nas.config import load_config, parse_config
@@ -200,6 +207,6 @@ def test_predictor_feasibility_keeps_every_design_within_the_fitted_cost_model(t
 def test_each_shipped_fox_config_has_a_latency_budget_and_the_spos_supernet_budget(name):
     config = load_config(REPO / "configs" / f"{name}.yaml")
     strategy = build_strategy(config)
-    assert strategy.name == "fox" and strategy.budget["latency_ms"] > 0
+    assert strategy.name == "fox" and strategy.options.budget["latency_ms"] > 0
     spos = REPO / "configs" / f"{name.replace('fox_', 'spos_')}.yaml"
     assert load_config(spos).search == config.search  # the supernet trains as spos's does
