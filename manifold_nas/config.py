@@ -351,14 +351,21 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     return parts, value
 
 
+#: named sections whose other keys belong to the named builder alone
+_RENAMES_RESET = {(section, "name") for section in ("strategy", "relaxation", "selection")}
+
+
 def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Set dotted keys, e.g. ``search.epochs=3`` or ``data.root=/data``; values are YAML.
 
     A key inside a section that ``raw`` leaves to its default is set on a copy
     of the default (``search.weight_optimizer.lr=0.1`` keeps SGD's momentum); an
-    override of such a section's ``name`` starts the section afresh. Name
-    overrides are applied first, so their order on the command line does not
-    matter.
+    override of such a section's ``name`` starts the section afresh. So does
+    an override that renames the ``strategy``, ``relaxation`` or ``selection``
+    the file spells out (``strategy.name=random`` on a bilevel config): their
+    other keys are the old builder's options. ``data`` and ``network`` keep
+    theirs, which describe the user's data and space. Name overrides are
+    applied first, so their order on the command line does not matter.
     """
     if not isinstance(raw, Mapping):
         raise UserInputError(f"a config must be a mapping of sections, got {type(raw).__name__}")
@@ -378,7 +385,8 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
             if not isinstance(child, dict):
                 raise UserInputError(f"override {item!r}: {part!r} is not a section")
             node = child
-        if from_default and parts[-1] == "name" and node.get("name") != value:
+        renamed = parts[-1] == "name" and node.get("name") != value
+        if renamed and (from_default or tuple(parts) in _RENAMES_RESET):
             node.clear()
         node[parts[-1]] = value
     return result

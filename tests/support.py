@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -13,6 +14,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import yaml
+
+from manifold_nas.predictors.linear import NOT_KEPT, decode_genotype
+from manifold_nas.space.cell import cell_arch_spec
+from manifold_nas.space.genotype import Genotype
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -149,3 +154,19 @@ def install_plugin(
         lines += [f"{key} = {value}" for key, value in objects.items()]
     (dist / "entry_points.txt").write_text("\n".join(lines) + "\n")
     return site
+
+
+#: a toy DARTS cell space small enough to enumerate: ops and one cell type
+TOY_OPS = ("none", "skip", "conv3", "conv5")
+TOY_SPECS = {"normal": cell_arch_spec(TOY_OPS, n_inputs=2, n_nodes=2, keep=2)}
+
+
+def toy_space() -> list[Genotype]:
+    """Every cell of :data:`TOY_SPECS`: node 2 keeps both inputs, node 3 two of three, 3 × 3⁴ = 243."""
+    space = []
+    for dropped in range(3):
+        for chosen in itertools.product(range(1, 4), repeat=4):
+            codes = list(chosen)
+            codes.insert(2 + dropped, NOT_KEPT)
+            space.append(decode_genotype(codes, TOY_SPECS, "toy"))
+    return space

@@ -57,6 +57,19 @@ def test_an_override_of_a_default_sections_name_starts_it_afresh(tiny_config_dic
         assert config.search.weight_optimizer == {"name": "adam", "lr": 0.2}
 
 
+def test_renaming_a_spelled_out_strategy_drops_the_old_strategys_options(tiny_config_dict):
+    tiny_config_dict["strategy"] = {"name": "bilevel", "order": "second", "entropy_weight": 0.1}
+    raw = apply_overrides(tiny_config_dict, ["strategy.trials=3", "strategy.name=random"])
+    assert raw["strategy"] == {"name": "random", "trials": 3}
+    same = apply_overrides(tiny_config_dict, ["strategy.name=bilevel"])
+    assert same["strategy"] == tiny_config_dict["strategy"]
+
+
+def test_renaming_the_network_keeps_its_options(tiny_config_dict):
+    raw = apply_overrides(tiny_config_dict, ["network.name=simple_cnn"])
+    assert raw["network"] == {**tiny_config_dict["network"], "name": "simple_cnn"}
+
+
 def test_an_arch_optimizer_without_a_name_updates_the_bilevel_default():
     assert arch_optimizer_section({"lr": 0.1}) == {
         "name": "adam",

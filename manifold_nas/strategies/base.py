@@ -4,7 +4,8 @@ Modelled on the strategy base of NNI's NAS (``nni/nas/strategy/base.py``):
 a strategy is a small object with a ``run`` method and a state for resume.
 Everything a strategy shares with the others (config, data, run directory,
 metrics, checkpoints, builders, training and evaluation) lives in the
-:class:`~manifold_nas.run.context.Run` it is handed, so a new strategy is one file.
+:class:`~manifold_nas.run.context.Run` it is handed, so a new strategy is one
+class and its own machinery.
 
 The life cycle, driven by :meth:`manifold_nas.run.context.Run.search`:
 

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import itertools
 import statistics
 
 import numpy as np
 import pytest
 import torch
+from support import TOY_OPS, TOY_SPECS, toy_space
 
 from manifold_nas.cost.budget import GenotypeCost, Offset, cheapest_genotype, parse_budget
 from manifold_nas.cost.table import CostTable
-from manifold_nas.predictors.linear import NOT_KEPT, decode_genotype, genotype_encoding
-from manifold_nas.space.cell import cell_arch_spec
+from manifold_nas.predictors.linear import NOT_KEPT, genotype_encoding
 from manifold_nas.space.genotype import Genotype
 
-OPS = ("none", "skip", "conv3", "conv5")
-SPECS = {"normal": cell_arch_spec(OPS, n_inputs=2, n_nodes=2, keep=2)}
+OPS, SPECS = TOY_OPS, TOY_SPECS
 
 
 def synthetic_table(seed: int = 0) -> CostTable:
@@ -35,17 +33,6 @@ def synthetic_table(seed: int = 0) -> CostTable:
     )
 
 
-def whole_space() -> list[Genotype]:
-    """Node 2 keeps both inputs, node 3 two of three: 3 × 3⁴ = 243 cells."""
-    space = []
-    for dropped in range(3):
-        for chosen in itertools.product(range(1, 4), repeat=4):
-            codes = list(chosen)
-            codes.insert(2 + dropped, NOT_KEPT)
-            space.append(decode_genotype(codes, SPECS, "toy"))
-    return space
-
-
 def brute_force_sum(genotype: Genotype, table: CostTable, kind: str) -> float:
     codes = genotype_encoding(genotype, SPECS, "none")
     cost = table.cost(kind, "normal")
@@ -55,7 +42,7 @@ def brute_force_sum(genotype: Genotype, table: CostTable, kind: str) -> float:
 def test_lut_cost_is_the_sum_of_the_chosen_entries_plus_the_fixed_part_or_zero():
     table = synthetic_table()
     model = GenotypeCost(table)
-    for genotype in whole_space()[::17]:
+    for genotype in toy_space()[::17]:
         expected = brute_force_sum(genotype, table, "params") + 100.0
         assert model.cost(genotype, "params") == pytest.approx(expected)
         latency = brute_force_sum(genotype, table, "latency_ms")
@@ -66,7 +53,7 @@ def test_lut_cost_is_the_sum_of_the_chosen_entries_plus_the_fixed_part_or_zero()
 def test_calibrated_offsets_are_the_median_end_to_end_residuals():
     table = synthetic_table()
     model = GenotypeCost(table)
-    genotypes = whole_space()[:9]
+    genotypes = toy_space()[:9]
     residuals = [0.5, 0.7, 0.2, 9.0, 0.4, 0.6, 0.3, 0.1, 0.8]
     measured = [
         {"latency_ms": model.op_sum(g, "latency_ms") + r, "params": model.op_sum(g, "params") + 7}
@@ -81,13 +68,13 @@ def test_the_cheapest_genotype_matches_brute_force_over_the_whole_space():
     for seed in range(5):
         table = synthetic_table(seed)
         found = cheapest_genotype(table, SPECS, "toy", "none", "latency_ms")
-        best = min(brute_force_sum(g, table, "latency_ms") for g in whole_space())
+        best = min(brute_force_sum(g, table, "latency_ms") for g in toy_space())
         assert brute_force_sum(found, table, "latency_ms") == pytest.approx(best)
 
 
 def test_feasibility_needs_every_limit_with_the_safety_margin():
     model = GenotypeCost(synthetic_table())
-    genotype = whole_space()[0]
+    genotype = toy_space()[0]
     params, latency = model.cost(genotype, "params"), model.cost(genotype, "latency_ms")
     assert model.feasible(genotype, {"params": params, "latency_ms": latency})
     assert not model.feasible(genotype, {"params": params, "latency_ms": latency * 0.99})

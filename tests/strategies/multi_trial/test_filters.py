@@ -3,65 +3,25 @@
 from __future__ import annotations
 
 import copy
-import itertools
 import random
 
-import numpy as np
 import pytest
-import torch
-from support import TINY_VISION
+from support import TINY_VISION, TOY_OPS, TOY_SPECS, toy_space
 
 from manifold_nas.config import parse_config
-from manifold_nas.cost.table import CostTable
-from manifold_nas.predictors.linear import NOT_KEPT, decode_genotype, genotype_encoding
 from manifold_nas.run.context import Run
-from manifold_nas.space.cell import cell_arch_spec
 from manifold_nas.space.genotype import Genotype, parse_cells
 from manifold_nas.strategies.multi_trial.evolution import RegularizedEvolution
 from manifold_nas.strategies.multi_trial.filters import PredictorFilter
 
-OPS = ("none", "skip", "conv3", "conv5")
-SPECS = {"normal": cell_arch_spec(OPS, n_inputs=2, n_nodes=2, keep=2)}
-
-
-def synthetic_table(seed: int = 0) -> CostTable:
-    rng = np.random.default_rng(seed)
-    shape = SPECS["normal"].shape
-    costs = {
-        kind: {"normal": torch.tensor(rng.uniform(1.0, 10.0, size=shape))}
-        for kind in ("params", "latency_ms")
-    }
-    return CostTable(
-        ops={"normal": OPS},
-        edges={"normal": tuple(SPECS["normal"].edges)},
-        costs=costs,
-        fixed={"params": 100.0, "latency_ms": None},
-        entries=(),
-    )
-
-
-def whole_space() -> list[Genotype]:
-    """Node 2 keeps both inputs, node 3 two of three: 3 × 3⁴ = 243 cells."""
-    space = []
-    for dropped in range(3):
-        for chosen in itertools.product(range(1, 4), repeat=4):
-            codes = list(chosen)
-            codes.insert(2 + dropped, NOT_KEPT)
-            space.append(decode_genotype(codes, SPECS, "toy"))
-    return space
-
-
-def brute_force_sum(genotype: Genotype, table: CostTable, kind: str) -> float:
-    codes = genotype_encoding(genotype, SPECS, "none")
-    cost = table.cost(kind, "normal")
-    return sum(float(cost[e, c]) for e, c in enumerate(codes) if c != NOT_KEPT)
+OPS, SPECS = TOY_OPS, TOY_SPECS
 
 
 # -- the predictor filter of multi-trial search -----------------------------------------
 def test_the_accuracy_rule_rejects_candidates_predicted_far_below_the_best():
     filt = PredictorFilter.parse({"margin": 0.05, "min_trials": 4})
     filt.bind_space(SPECS, "toy", "none", parameter_free={"skip"})
-    space = whole_space()
+    space = toy_space()
     rng = random.Random(0)
     trials = []
     for genotype in rng.sample(space, 20):
