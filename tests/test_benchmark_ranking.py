@@ -12,7 +12,7 @@ from manifold_nas.config import parse_config
 from manifold_nas.cost.measure import count_parameters
 from manifold_nas.run.context import Run
 from manifold_nas.space.sampling import genotype_key
-from tests.support import TINY_SPD
+from support import TINY_SPD
 
 
 @pytest.fixture(scope="module")
