@@ -8,8 +8,17 @@ traceback; library callers can catch it like any ``ValueError``.
 
 from __future__ import annotations
 
-__all__ = ["UserInputError"]
+__all__ = ["DiskFullError", "UserInputError"]
 
 
 class UserInputError(ValueError):
     """Bad input from the user: the message is one line and names the culprit."""
+
+
+class DiskFullError(UserInputError):
+    """A write found no space left: names the directory and its free space.
+
+    Nothing is lost: the atomic writer removed its temporary file and the
+    previous checkpoint still loads, so the command line adds the resume
+    command to the message.
+    """
