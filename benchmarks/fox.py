@@ -289,7 +289,7 @@ def search_under_budget(
             "regularized evolution (LUT filter)",
             RegularizedEvolution(
                 trials=evaluations,
-                population=max(2, evaluations // 3),
+                population=min(evaluations, max(2, evaluations // 3)),
                 sample=2,
                 epochs=trial_epochs,
                 batch=batch,

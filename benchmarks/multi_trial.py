@@ -168,6 +168,10 @@ def multi_trial_config(
     if strategy != "evolution":
         section = {k: v for k, v in section.items() if k not in ("population", "sample")}
     section.update(name=strategy, **options)
+    if strategy == "evolution" and "trials" in options:
+        # evolution refuses a population larger than its trials (they would all be random)
+        section["population"] = min(section.get("population", 8), section["trials"])
+        section["sample"] = min(section.get("sample", 1), section["population"])
     raw["strategy"] = section
     overrides = [*(domain.quick if quick else []), f"seed={seed}"]
     return parse_config(apply_overrides(raw, overrides))
@@ -327,7 +331,7 @@ def budget(domains: Sequence[str], seeds: Sequence[int], quick: bool) -> dict[st
             rows.append(bilevel)
             wall = bilevel["search_seconds"]
             calibration = search_row(
-                multi_trial_config(domain, seed, quick, "evolution", trials=4, batch=4),
+                multi_trial_config(domain, seed, quick, "random", trials=4, batch=4),
                 retrain=False,
             )
             per_trial = calibration["search_seconds"] / 4

@@ -2,24 +2,30 @@
 
 Every user mistake ends in one line on stderr and exit status 2, never a
 traceback; ``--debug`` (or ``MANIFOLD_NAS_DEBUG=1``) shows the traceback.
+
+A Ctrl-C or SIGTERM is one line and exit status 130 or 143 from the first
+line of :func:`main` on; the console script imports this module before, so
+it imports next to nothing (argparse, logging, json where they are used).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import os
-import shlex
 import sys
-import time
-import warnings
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from manifold_nas.errors import UserInputError
-from manifold_nas.run.interrupts import Terminated, raise_on_sigterm
+from manifold_nas.errors import DiskFullError, UserInputError
+from manifold_nas.run.interrupts import (
+    deferred_signals,
+    raise_on_sigterm,
+    restore_sigterm,
+    signal_exit,
+)
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
 
 __all__ = ["main"]
 
@@ -61,6 +67,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _default_out(config_path: str) -> Path:
+    import time
+
     return Path("runs") / f"{Path(config_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
@@ -78,6 +86,8 @@ _RESUME: dict[str, Any] = {}
 
 
 def _resumable(checkpoint: Path, command: Sequence[str]) -> None:
+    import shlex
+
     _RESUME.update(checkpoint=checkpoint, command=" ".join(shlex.quote(c) for c in command))
 
 
@@ -96,6 +106,8 @@ def _interrupted_message(signal_name: str) -> str:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    import json
+
     out = Path(args.out) if args.out else _default_out(args.config)
     _resumable(
         out / "checkpoint.pt",
@@ -109,10 +121,13 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _is_main_process() -> bool:
-    """False on the ranks > 0 of a torchrun launch, which stay silent."""
-    from manifold_nas.run.distributed import current_world
+    """False on the ranks > 0 of a torchrun launch, which stay silent.
 
-    return current_world().is_main
+    Read from torchrun's ``WORLD_SIZE``/``RANK`` like
+    :func:`~manifold_nas.run.distributed.current_world`, but without torch or
+    a process group: the error boundary asks it too.
+    """
+    return int(os.environ.get("WORLD_SIZE", "1")) <= 1 or os.environ.get("RANK", "0") == "0"
 
 
 def _load_genotype_and_config(target: str, overrides: Sequence[str]):
@@ -140,6 +155,8 @@ def _load_genotype_and_config(target: str, overrides: Sequence[str]):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import json
+
     from manifold_nas.run.retrain import train_derived
     from manifold_nas.space.opset import OPSETS
 
@@ -269,6 +286,8 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
     from manifold_nas.run.evaluation import evaluate_run
 
     result = evaluate_run(args.run_dir)
@@ -279,7 +298,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from manifold_nas.run.plotting import plot_run
 
-    for path in plot_run(args.run_dir):
+    paths = plot_run(args.run_dir)
+    if not paths:
+        raise UserInputError(
+            f"nothing to plot in {args.run_dir} yet: no search epoch has finished "
+            "(metrics.jsonl) and there is no genotype.json"
+        )
+    for path in paths:
         print(path)
     return 0
 
@@ -330,17 +355,18 @@ def _demo_baseline(config: Any) -> dict[str, Any] | None:
     return None if bundle.baseline is None else dict(bundle.baseline(bundle))
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage mistakes end in one line and exit status 2, like every other user mistake."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"manifold-nas: error: {message} (see {self.prog} --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="manifold-nas", description=__doc__.splitlines()[0])
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        """Usage mistakes end in one line and exit status 2, like every other user mistake."""
+
+        def error(self, message: str) -> NoReturn:
+            self.exit(2, f"manifold-nas: error: {message} (see {self.prog} --help)\n")
+
+    parser = Parser(prog="manifold-nas", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("search", help="search a cell on a config")
     p.add_argument("config")
@@ -378,7 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-latency", action="store_true", help="skip timing")
     p.set_defaults(func=cmd_cost)
 
-    p = sub.add_parser("evaluate", help="test a run's retrained network (or its supernet)")
+    p = sub.add_parser(
+        "evaluate", help="test a run's retrained network (after manifold-nas train RUN)"
+    )
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_evaluate)
 
@@ -405,29 +433,70 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is at the time of the record."""
-
-    @property
-    def stream(self):  # type: ignore[override]
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
-
-
 def _log_to_stderr() -> None:
     """Warnings of the library (resume, resampling, data fixes) as one stderr line each."""
+    import logging
+
+    class StderrHandler(logging.StreamHandler):
+        """Writes to whatever ``sys.stderr`` is at the time of the record."""
+
+        manifold_nas_cli = True
+
+        @property
+        def stream(self):  # type: ignore[override]
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, value) -> None:
+            pass
+
     logger = logging.getLogger("manifold_nas")
-    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
-        handler = _StderrHandler()
+    if not any(getattr(h, "manifold_nas_cli", False) for h in logger.handlers):
+        handler = StderrHandler()
         handler.setFormatter(logging.Formatter("manifold-nas: %(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.WARNING)
 
 
+def _say(line: str) -> None:
+    """One line on stderr, from rank 0 only under torchrun (every rank would say the same)."""
+    if _is_main_process():
+        print(line, file=sys.stderr)
+
+
+def _load_torch() -> None:
+    """Import torch, and numpy with it, with SIGINT and SIGTERM held until it is done.
+
+    A Ctrl-C raised inside numpy's C initialisation is lost or surfaces later
+    as an ``AttributeError`` of a half-imported numpy (exit status 1); held,
+    it ends the command right after the import, in one line and 130. Every
+    command imports torch, so this costs nothing.
+    """
+    with deferred_signals():
+        import torch  # noqa: F401
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; every way it ends is one stderr line and an exit status.
+
+    SIGTERM raises from the first line on, and a Ctrl-C or SIGTERM anywhere in
+    here (parsing, imports, the command) is one line and exit status 130 or 143.
+    """
+    previous_sigterm = raise_on_sigterm()
+    _RESUME.clear()
+    try:
+        return _run(argv)
+    except KeyboardInterrupt as err:  # Ctrl-C; SIGTERM is its subclass Terminated
+        name, status = signal_exit(err)
+        _say(_interrupted_message(name))
+        return status
+    finally:
+        # a SIGTERM after the last line (interpreter shutdown, torchrun's clean-up of
+        # the other ranks) ends the process the default way, not with an ignored traceback
+        restore_sigterm(previous_sigterm)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may also follow the options (``search CFG --out RUN seed=1``)
@@ -440,29 +509,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _log_to_stderr()
-    raise_on_sigterm()
-    if not (args.debug or os.environ.get("MANIFOLD_NAS_DEBUG") == "1"):
+    debug = args.debug or os.environ.get("MANIFOLD_NAS_DEBUG") == "1"
+    if not debug:
+        import warnings
+
         # third-party warnings (torch, MONAI) are noise on the command line;
         # --debug shows them, and the library's own notices go through logging
         warnings.filterwarnings("ignore")
-    _RESUME.clear()
-    debug = args.debug or os.environ.get("MANIFOLD_NAS_DEBUG") == "1"
     try:
+        _load_torch()
         return int(args.func(args) or 0)
     except UserInputError as err:
         if debug:
             raise
-        print(f"manifold-nas: error: {_first_line(err)}", file=sys.stderr)
+        message = f"manifold-nas: error: {_first_line(err)}"
+        if isinstance(err, DiskFullError) and _RESUME:
+            # nothing is lost: the previous checkpoint still loads once there is room
+            message += f"; resume with: {_RESUME['command']}"
+        _say(message)
         return 2
-    except Terminated:
-        print(_interrupted_message("SIGTERM"), file=sys.stderr)
-        return 143
-    except KeyboardInterrupt:
-        print(_interrupted_message("SIGINT"), file=sys.stderr)
-        return 130
     except Exception as err:
         if debug:
             raise
+        # every rank: an internal error may be one rank's own
         print(
             f"manifold-nas: internal error, please report: {type(err).__name__}: "
             f"{_first_line(err)} (run with --debug for the traceback)",

@@ -29,6 +29,8 @@ import yaml
 from manifold_nas.errors import UserInputError
 
 __all__ = [
+    "MAX_CONFIG_DEPTH",
+    "MAX_THREADS",
     "MOVED_SEARCH_KEYS",
     "check_count",
     "is_finite_number",
@@ -75,15 +77,34 @@ def positive_int(option: str, value: Any) -> int:
     return int(value)
 
 
-def _int_at_least(low: int, optional: bool = False) -> Callable[[Any], str | None]:
+def _int_at_least(
+    low: int, optional: bool = False, high: int | None = None
+) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         if optional and value is None:
             return None
-        if not _is_int(value) or value < low:
-            return f"must be an integer >= {low}" + (" or null" if optional else "")
+        if not _is_int(value) or value < low or (high is not None and value > high):
+            bound = f">= {low}" + ("" if high is None else f" and <= {high}")
+            return f"must be an integer {bound}" + (" or null" if optional else "")
         return None
 
     return check
+
+
+def _torch_device(value: Any) -> str | None:
+    """A device string torch parses (``cpu``, ``cuda``, ``cuda:1``, ``mps``); availability
+    is checked where the run resolves it (:func:`manifold_nas.run.distributed.check_device`)."""
+    if not isinstance(value, str):
+        return "must be a string"
+    if value == "cpu":
+        return None  # the default needs no torch import
+    import torch
+
+    try:
+        torch.device(value)
+    except (RuntimeError, ValueError, TypeError):
+        return "must be a torch device such as cpu, cuda, cuda:1 or mps"
+    return None
 
 
 def _number(low: float = -math.inf, *, open_low: bool = False, high: float = math.inf,
@@ -124,6 +145,49 @@ def _mapping(value: Any) -> str | None:
 
 def _check(rule: Callable[[Any], str | None]) -> dict[str, Any]:
     return {"check": rule}
+
+
+#: the most ``threads:`` a config may ask for (above the CPU count they are capped)
+MAX_THREADS = 4096
+
+#: the deepest nesting of mappings and lists a config may have (the sections count as 1);
+#: deeper ones would exhaust Python's recursion in copying, checking or saving them
+MAX_CONFIG_DEPTH = 100
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests mappings or lists more than ``limit`` levels deep.
+
+    Iterative, so it cannot hit the recursion limit itself; a node is walked
+    again only when reached deeper than before, so YAML aliases stay cheap
+    and a self-referencing one counts as too deep.
+    """
+    stack = [(value, 1)]
+    seen: dict[int, int] = {}
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, Mapping):
+            children = list(node.values())
+        elif isinstance(node, (list, tuple)):
+            children = list(node)
+        else:
+            continue
+        if depth > limit:
+            return True
+        if seen.get(id(node), 0) >= depth:
+            continue
+        seen[id(node)] = depth
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _refuse_deep(raw: Mapping[str, Any], source: str) -> None:
+    for key, value in raw.items():
+        if _deeper_than(value, MAX_CONFIG_DEPTH - 1):
+            raise UserInputError(
+                f"{source}: section {key!r} nests mappings or lists more than "
+                f"{MAX_CONFIG_DEPTH} levels deep"
+            )
 
 
 @dataclass
@@ -212,8 +276,11 @@ class Config:
     data: dict[str, Any]
     network: dict[str, Any]
     seed: int = field(default=0, metadata=_check(_int_at_least(0)))
-    device: str = "cpu"
-    threads: int | None = field(default=None, metadata=_check(_int_at_least(1, optional=True)))
+    device: str = field(default="cpu", metadata=_check(_torch_device))
+    #: more threads than CPUs are capped to the CPU count when applied (``apply_threads``)
+    threads: int | None = field(
+        default=None, metadata=_check(_int_at_least(1, optional=True, high=MAX_THREADS))
+    )
     relaxation: dict[str, Any] = field(default_factory=lambda: {"name": "softmax"})
     selection: dict[str, Any] = field(default_factory=lambda: {"name": "darts"})
     strategy: dict[str, Any] = field(default_factory=lambda: {"name": "bilevel"})
@@ -290,6 +357,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "config") -> Config:
     if not isinstance(raw, Mapping):
         raise UserInputError(f"{source} must be a mapping of sections, got {type(raw).__name__}")
     _check_keys(raw, [f.name for f in fields(Config)], "")
+    _refuse_deep(raw, source)
     for key in ("data", "network"):
         if key not in raw:
             raise UserInputError(f"{source} has no {key!r} section")
@@ -315,8 +383,6 @@ def parse_config(raw: Mapping[str, Any], source: str = "config") -> Config:
         else:
             values[key] = value
     _check_values(Config, values, "")
-    if not isinstance(values.get("device", "cpu"), str):
-        raise UserInputError(f"config key device must be a string, got {values['device']!r}")
     return Config(**values)
 
 
@@ -332,11 +398,15 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
         raise UserInputError(f"{path} is not valid YAML: {first}") from None
     except UnicodeDecodeError as err:
         raise UserInputError(f"{path} is not a text (YAML) file: {err.reason}") from None
+    except RecursionError:
+        raise UserInputError(
+            f"{path} is nested too deeply to read (a config may nest {MAX_CONFIG_DEPTH} levels)"
+        ) from None
     if not isinstance(raw, Mapping):
         raise UserInputError(
             f"{path} must be a mapping of config sections, got a YAML {type(raw).__name__}"
         )
-    return parse_config(apply_overrides(raw, overrides), source=str(path))
+    return parse_config(apply_overrides(raw, overrides, str(path)), source=str(path))
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
@@ -344,10 +414,20 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     parts = key.split(".")
     if not sep or not key or not all(parts):
         raise UserInputError(f"override {item!r} is not of the form section.key=value")
+    too_deep = UserInputError(
+        f"override {item if len(item) <= 60 else item[:57] + '...'!r} nests mappings or lists "
+        f"more than {MAX_CONFIG_DEPTH} levels deep"
+    )
+    if len(parts) > MAX_CONFIG_DEPTH:
+        raise too_deep
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         value = text
+    except RecursionError:
+        raise too_deep from None
+    if _deeper_than(value, MAX_CONFIG_DEPTH - len(parts)):
+        raise too_deep
     return parts, value
 
 
@@ -355,7 +435,9 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
 _RENAMES_RESET = {(section, "name") for section in ("strategy", "relaxation", "selection")}
 
 
-def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+def apply_overrides(
+    raw: Mapping[str, Any], overrides: Sequence[str], source: str = "config"
+) -> dict[str, Any]:
     """Set dotted keys, e.g. ``search.epochs=3`` or ``data.root=/data``; values are YAML.
 
     A key inside a section that ``raw`` leaves to its default is set on a copy
@@ -369,6 +451,7 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
     """
     if not isinstance(raw, Mapping):
         raise UserInputError(f"a config must be a mapping of sections, got {type(raw).__name__}")
+    _refuse_deep(raw, source)
     result = copy.deepcopy(dict(raw))
     parsed = [(item, *_parse_override(item)) for item in overrides]
     parsed.sort(key=lambda entry: entry[1][-1] != "name")

@@ -27,7 +27,11 @@ from manifold_nas.errors import UserInputError
 from manifold_nas.optim import ARCH_OPTIMIZERS
 from manifold_nas.run.context import Run
 from manifold_nas.run.directory import RunDirectory
-from manifold_nas.run.distributed import check_batch_norm_sync, current_world
+from manifold_nas.run.distributed import (
+    check_batch_norm_sync,
+    current_world,
+    launched_by_torchrun,
+)
 from manifold_nas.space.contracts import has_cost_model
 from manifold_nas.space.genotype import Genotype
 from manifold_nas.space.networks import NETWORKS
@@ -96,12 +100,13 @@ def search(
     started = time.perf_counter()
     check_config(config)
     strategy = build_strategy(config)
-    world = current_world(config.device)
-    if world.distributed and not strategy.supports_distributed:
+    # refuse before any rendezvous, so every rank exits 2 without joining a process group
+    if launched_by_torchrun() and not strategy.supports_distributed:
         raise UserInputError(
             f"strategy {strategy.name!r} does not run data-parallel under torchrun; "
             "start it as one process (multi-trial strategies parallelise with search.backend: ray)"
         )
+    world = current_world(config.device)
     sync_batch_norm = bool(getattr(strategy, "sync_batch_norm", False))
     check_batch_norm_sync(sync_batch_norm and world.distributed, config.device)
     if config.search.backend != "local" and not getattr(strategy, "uses_backend", False):

@@ -6,13 +6,13 @@ import math
 
 import pytest
 import torch
+from support import TINY_SPD
 
 from benchmarks.ranking import kendall_tau, random_architectures
 from manifold_nas.config import parse_config
 from manifold_nas.cost.measure import count_parameters
 from manifold_nas.run.context import Run
 from manifold_nas.space.sampling import genotype_key
-from support import TINY_SPD
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from manifold_nas.cli import main
+from manifold_nas.errors import UserInputError
 from manifold_nas.space.cell import ChosenEdge
 from manifold_nas.space.genotype import Genotype
 
@@ -239,3 +240,59 @@ def test_the_demo_config_ships_inside_the_package():
     ).read_text() == DEMO_CONFIG.read_text()
     pyproject = (REPO / "pyproject.toml").read_text()
     assert 'manifold_nas = ["configs/*.yaml"]' in pyproject
+
+
+def test_a_full_disk_says_how_to_resume(tmp_path, capsys, monkeypatch, tiny_config_dict):
+    import manifold_nas.cli as cli
+    from manifold_nas.errors import DiskFullError
+
+    def full(*args, **kwargs):  # after cmd_search noted its resume command
+        raise DiskFullError("no space left on device writing run/checkpoint.pt (0 B free in run)")
+
+    monkeypatch.setattr(cli, "_search", full)
+    cfg = write_config(tmp_path, tiny_config_dict)
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, "search", cfg, "--out", out, "--quiet")
+    assert_one_line_error(code, err, "no space left on device")
+    command = f"manifold-nas search {cfg} --out {out} --resume"
+    assert err.strip().endswith(f"; resume with: {command}"), err
+    # the command an interrupt prints too
+    assert cli._interrupted_message("SIGINT").endswith(command)
+
+
+def test_other_user_mistakes_name_no_resume_command(tmp_path, capsys, monkeypatch):
+    import manifold_nas.cli as cli
+
+    def refused(*args, **kwargs):
+        raise UserInputError("refused")
+
+    monkeypatch.setattr(cli, "_search", refused)
+    code, _, err = run_cli(capsys, "search", tmp_path / "cfg.yaml", "--out", tmp_path / "run")
+    assert_one_line_error(code, err, "refused")
+    assert "resume" not in err
+
+
+@pytest.mark.parametrize(("rank", "lines"), [("0", 1), ("1", 0)])
+def test_under_torchrun_only_rank_0_reports_a_mistake(tmp_path, capsys, monkeypatch, rank, lines):
+    # every rank meets the same mistake; torchrun's own summary follows
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    code, _, err = run_cli(capsys, "search", tmp_path / "absent.yaml")
+    assert code == 2 and len(err.strip().splitlines()) == lines, err
+
+
+def test_plotting_a_run_without_a_finished_epoch_is_a_one_line_error(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"type": "step", "epoch": 0, "step": 0}\n')
+    code, out, err = run_cli(capsys, "plot", run)
+    assert_one_line_error(code, err, "nothing to plot", str(run))
+    assert out == ""
+
+
+def test_evaluate_help_promises_the_retrained_network_only(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # one line per command
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("evaluate"))
+    assert "retrained" in line and "supernet" not in line

@@ -205,7 +205,7 @@ def timeseries_files(
         (codes,), classes = _encode_training_labels(y_train, source=source)
         cov = _with_default_lag(cov, x_train)
         covs = covariance_features(x_train, source=source, **cov)
-        x, y = validate_spd_dataset(covs, codes, source=source)
+        x, y = validate_spd_dataset(covs, codes, source=source, from_series=True)
         return _split_bundle(
             "timeseries_files", x, y, classes, source, test_fraction, seed, {"covariance": cov}
         )
@@ -408,8 +408,8 @@ def _covariance_bundle(
             covs_train = covariance_features(x_train, source=source, n_windows=n_windows, **cov)
         else:
             covs_test = covariance_features(x_test, source=test_source, n_windows=n_windows, **cov)
-    xt, yt = validate_spd_dataset(covs_train, code_train, source=source)
-    xs, ys = validate_spd_dataset(covs_test, code_test, source=test_source)
+    xt, yt = validate_spd_dataset(covs_train, code_train, source=source, from_series=True)
+    xs, ys = validate_spd_dataset(covs_test, code_test, source=test_source, from_series=True)
     info = {"source": source, "test_source": test_source, "covariance": cov, **(info or {})}
     return _bundle(name, xt, yt, xs, ys, classes, info)
 

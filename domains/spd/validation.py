@@ -18,9 +18,17 @@ from einops import rearrange
 
 from manifold_nas.errors import UserInputError
 
-__all__ = ["encode_labels", "validate_spd_dataset"]
+__all__ = ["EIGENVALUE_RANGE", "REEIG_FLOOR", "encode_labels", "validate_spd_dataset"]
 
 logger = logging.getLogger("manifold_nas")
+
+#: ReEig's default floor ``ε`` (:class:`spd_ops.ReEig`): eigenvalues below it are clamped.
+REEIG_FLOOR = 1e-4
+#: Largest condition number float64 ``eigh`` resolves to ``n · 2e-6`` relative accuracy
+#: (the error of an eigenvalue ``λ`` is about ``n · machine-ε · λ_max``).
+EIGH_CONDITION = 1e10
+#: Where the largest eigenvalue of every sample must lie (see :func:`validate_spd_dataset`).
+EIGENVALUE_RANGE = (REEIG_FLOOR, REEIG_FLOOR * EIGH_CONDITION)
 
 
 def validate_spd_dataset(
@@ -33,6 +41,7 @@ def validate_spd_dataset(
     eps: float = 1e-5,
     max_eps: float = 1e-1,
     return_classes: bool = False,
+    from_series: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
     """Check SPD samples and their labels; return float64 ``X`` and int64 ``y``.
 
@@ -60,6 +69,10 @@ def validate_spd_dataset(
         Samples within it are symmetrised silently.
     return_classes:
         Also return the class names (strings, index = code).
+    from_series:
+        The matrices are covariances of the user's time series: a scale
+        refusal then says how to rescale the series (or to set
+        ``data.trace_normalize``) rather than the matrices.
 
     Notes
     -----
@@ -67,12 +80,25 @@ def validate_spd_dataset(
     ``eigvalsh``) exceeds ``n · machine-ε · max|λ|``: below that a positive
     value is rounding noise on a singular matrix.
 
+    The largest eigenvalue of every sample must lie within
+    :data:`EIGENVALUE_RANGE`, ``1e-4..1e6``. The SPD layers work at unit
+    scale (the ``none`` op is the identity, batch norm's running mean and
+    bias start at the identity, ReEig clamps eigenvalues at ``1e-4``) and mix
+    their matrices with the input's. Below the ReEig floor a whole matrix is
+    clamped to ``1e-4 · I`` and its information is gone; above ``1e6`` the
+    matrices formed next to that floor have condition numbers beyond
+    ``1e10``, where float64 ``eigh`` loses the small eigenvalues (a search on
+    data at scale ``1e9`` dies in ``eigh``). A scale is not repaired by
+    ``regularize``: the message says which constant to divide by.
+
     Raises
     ------
     UserInputError
         One line naming ``source``, the first bad sample and why: wrong
         ndim or non-square matrices, sample and label counts that disagree,
-        NaN/inf, asymmetry, not positive definite.
+        NaN/inf, asymmetry, not positive definite; or naming ``source`` and
+        the data's scale when a sample's largest eigenvalue leaves
+        :data:`EIGENVALUE_RANGE`.
     """
     x = _as_float_array(X, source)
     if x.ndim == 3:
@@ -100,7 +126,7 @@ def validate_spd_dataset(
     else:
         (codes,), classes = encode_labels(labels, source=source)
 
-    x = _checked_matrices(x, source, regularize, sym_tol, eps, max_eps)
+    x = _checked_matrices(x, source, regularize, sym_tol, eps, max_eps, from_series)
     out_x = torch.from_numpy(np.ascontiguousarray(x))
     out_y = torch.from_numpy(codes)
     if return_classes:
@@ -130,7 +156,13 @@ def encode_labels(*label_arrays: Any, source: str) -> tuple[list[np.ndarray], tu
 
 
 def _checked_matrices(
-    x: np.ndarray, source: str, regularize: bool, sym_tol: float, eps: float, max_eps: float
+    x: np.ndarray,
+    source: str,
+    regularize: bool,
+    sym_tol: float,
+    eps: float,
+    max_eps: float,
+    from_series: bool,
 ) -> np.ndarray:
     n_samples, n_channels, n = x.shape[:3]
     flat = rearrange(x, "b c n m -> (b c) n m")
@@ -163,8 +195,14 @@ def _checked_matrices(
             "set regularize=True to add a ridge"
         )
 
-    if regularize and (non_sym | non_pd).any():
+    repaired = regularize and bool((non_sym | non_pd).any())
+    top = lam[:, -1].copy()
+    if repaired:
         sym = _add_ridge(sym, non_pd, n_channels, source, eps, max_eps)
+        top[non_pd] = _eigvalsh(sym[non_pd])[:, -1]
+    mean_eig = np.trace(sym, axis1=-2, axis2=-1) / n
+    _check_scale(top, mean_eig, n_channels, source, from_series)
+    if repaired:
         changed = rearrange(non_sym | non_pd, "(b c) -> b c", c=n_channels).any(axis=1)
         logger.warning(
             "%s: regularized %d of %d samples (symmetrised and/or ridge eps*tr(X)/n*I)",
@@ -173,6 +211,58 @@ def _checked_matrices(
             n_samples,
         )
     return rearrange(sym, "(b c) n m -> b c n m", c=n_channels)
+
+
+def _check_scale(
+    top: np.ndarray, mean_eig: np.ndarray, n_channels: int, source: str, from_series: bool
+) -> None:
+    """Refuse data whose samples' largest eigenvalues ``top`` leave :data:`EIGENVALUE_RANGE`."""
+    low, high = EIGENVALUE_RANGE
+    k_min, k_max = int(np.argmin(top)), int(np.argmax(top))
+    smallest, largest = float(top[k_min]), float(top[k_max])
+    if low <= smallest and largest <= high:
+        return
+    scale = float(np.mean(mean_eig))
+    where = f"scale {_power(scale)}"
+    if smallest < low:
+        found = f"largest eigenvalues down to {smallest:.2g} ({_sample(k_min, n_channels)}"
+        where += f"; under ReEig's floor {_power(low)}"
+    else:
+        found = f"eigenvalues up to {largest:.2g} ({_sample(k_max, n_channels)}"
+    bounds = f"{_power(low)}..{_power(high)}"
+    if largest / smallest > high / low:
+        fix = (
+            "set data.trace_normalize: true"
+            if from_series
+            else "divide each matrix by its mean eigenvalue tr(X)/n"
+        )
+        raise UserInputError(
+            f"{source}: matrices have {found}; {where}) and their largest eigenvalues span "
+            f"{smallest:.2g}..{largest:.2g}, wider than one rescaling can bring within "
+            f"{bounds}; {fix}"
+        )
+    divisor, named = scale, " (their mean eigenvalue)"
+    if not (low <= smallest / divisor and largest / divisor <= high):
+        # The geometric midpoint of what fits: inside whenever the span fits.
+        divisor, named = float(np.sqrt(smallest * largest / (low * high))), ""
+    if from_series:
+        fix = f"divide the series by {np.sqrt(divisor):.2g} or set data.trace_normalize: true"
+    else:
+        fix = f"divide them all by {divisor:.2g}{named}"
+    raise UserInputError(
+        f"{source}: matrices have {found}; {where}); rescale them so that every "
+        f"matrix's largest eigenvalue lies within {bounds}, e.g. {fix}"
+    )
+
+
+def _power(value: float) -> str:
+    """The order of magnitude of ``value``, written ``1e-4`` (``3.2e9`` gives ``1e9``)."""
+    return f"1e{int(np.floor(np.log10(value) + 1e-9))}"
+
+
+def _sample(flat_index: int, n_channels: int) -> str:
+    sample, channel = divmod(flat_index, n_channels)
+    return f"sample {sample}" + (f" channel {channel}" if n_channels > 1 else "")
 
 
 def _add_ridge(

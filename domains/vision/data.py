@@ -200,13 +200,15 @@ def find_images(
     """The ``(path, class_name)`` pairs of an ImageFolder tree and its sorted class names.
 
     Classes are the sub-folders of ``root``; images are found recursively
-    inside each and sorted by path. Hidden folders and files are skipped.
+    inside each and sorted by path. Hidden folders and files are skipped. A
+    class folder without images is refused (naming it) rather than counted
+    as a class no sample can ever belong to.
     """
     if not root.is_dir():
         raise UserInputError(f"image folder {str(root)!r} does not exist or is not a directory")
     wanted = {"." + ext.lower().lstrip(".") for ext in extensions}
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    samples = []
+    samples, empty = [], []
     for name in classes:
         files = sorted(
             p
@@ -214,10 +216,19 @@ def find_images(
             if p.is_file() and p.suffix.lower() in wanted and not p.name.startswith(".")
         )
         samples.extend((p, name) for p in files)
+        if not files:
+            empty.append(name)
     if not samples:
         raise UserInputError(
             f"no images in {str(root)!r}: expected root/<class>/<image> with extensions "
             f"{', '.join(sorted(wanted))}"
+        )
+    if empty:
+        others = f" (and {len(empty) - 1} more empty class folders)" if len(empty) > 1 else ""
+        raise UserInputError(
+            f"class folder {str(root / empty[0])!r} has no images with extensions "
+            f"{', '.join(sorted(wanted))}{others}; add images or remove it "
+            "(every sub-folder of the image folder is a class)"
         )
     return samples, classes
 

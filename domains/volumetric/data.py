@@ -37,6 +37,7 @@ from manifold_nas.domains.volumetric.task import SegmentationTask
 from manifold_nas.domains.volumetric.validation import (
     check_channel_counts,
     check_patch_fits,
+    check_patch_size,
     check_segmentation_pair,
     read_datalist,
     read_image_header,
@@ -92,6 +93,7 @@ def build_datalist_dataset(
     number of image channels is read from the files (and checked against the
     JSON's ``modality`` when present).
     """
+    patch_size = check_patch_size(patch_size)
     listing = read_datalist(datalist)
     if num_classes is None:
         if listing.class_names is None:
@@ -103,9 +105,6 @@ def build_datalist_dataset(
             f"{len(listing.class_names)} labels"
         )
     class_names = listing.class_names or tuple(f"class{k}" for k in range(num_classes))
-    patch_size = tuple(int(p) for p in patch_size)
-    if len(patch_size) != 3:
-        raise UserInputError(f"patch_size must have 3 entries, got {patch_size}")
     preprocessing = VolumePreprocessing(
         orientation=orientation,
         spacing=None if spacing is None else tuple(float(s) for s in spacing),

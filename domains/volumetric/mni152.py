@@ -47,6 +47,7 @@ from torch.nn import functional as F
 from manifold_nas.data import DATASETS, DataBundle
 from manifold_nas.domains.volumetric.data import build_datalist_dataset
 from manifold_nas.domains.volumetric.generated import default_cache_root, write_generated_datalist
+from manifold_nas.domains.volumetric.validation import check_patch_size
 from manifold_nas.errors import UserInputError
 
 __all__ = [
@@ -167,6 +168,7 @@ def build_mni152_tissue_dataset(
     cache_rate: float = 1.0,
 ) -> DataBundle:
     """Generate (or reuse) the augmented MNI152 tissue set and load it as a datalist."""
+    patch_size = check_patch_size(patch_size)  # before any volume is written
     settings = {"n_train": n_train, "n_test": n_test, "seed": seed, "resolution_mm": resolution_mm}
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     root = Path(cache_dir) if cache_dir is not None else default_cache_root() / "mni152_tissue"

@@ -35,6 +35,7 @@ from scipy.spatial.transform import Rotation
 from manifold_nas.data import DATASETS, DataBundle
 from manifold_nas.domains.volumetric.data import build_datalist_dataset
 from manifold_nas.domains.volumetric.generated import default_cache_root, write_generated_datalist
+from manifold_nas.domains.volumetric.validation import check_patch_size
 
 __all__ = [
     "SHAPE_CLASSES",
@@ -174,6 +175,7 @@ def build_synthetic_shapes_dataset(
     cache_rate: float = 1.0,
 ) -> DataBundle:
     """Generate (or reuse) the synthetic shapes set and load it as a datalist."""
+    patch_size = check_patch_size(patch_size)  # before any volume is written
     settings = dict(
         n_train=n_train, n_test=n_test, seed=seed, shape=list(shape), spacing=list(spacing),
         n_objects=n_objects, noise=noise, bias=bias,

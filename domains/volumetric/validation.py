@@ -49,6 +49,7 @@ __all__ = [
     "VolumeHeader",
     "check_channel_counts",
     "check_patch_fits",
+    "check_patch_size",
     "check_segmentation_pair",
     "read_datalist",
     "read_image_header",
@@ -297,6 +298,41 @@ def check_segmentation_pair(
                 f"{num_classes} declared classes 0..{num_classes - 1}"
             )
     return image
+
+
+def check_patch_size(patch_size: object, key: str = "data.patch_size") -> tuple[int, int, int]:
+    """``patch_size`` as three positive ints, or a one-line error naming ``key``.
+
+    Entries must be whole numbers (``16`` or ``16.0``); ``0`` or a negative
+    entry would make MONAI's crop silently take the whole axis, and a
+    fraction would be truncated.
+    """
+    try:
+        entries = None if isinstance(patch_size, (str, bytes, dict)) else list(patch_size)
+    except TypeError:  # a scalar
+        entries = None
+    if entries is None or len(entries) != 3:
+        raise UserInputError(
+            f"{key} must be 3 positive integers (one per spatial axis), got {patch_size!r}"
+        )
+    for axis, value in enumerate(entries):
+        whole = (
+            isinstance(value, (int, np.integer))
+            and not isinstance(value, bool)
+            or isinstance(value, (float, np.floating))
+            and float(value).is_integer()
+        )
+        if not whole or value < 1:
+            raise UserInputError(
+                f"{key} must be 3 positive integers, got {_plain(entries)} "
+                f"(axis {axis}: {_plain([value])[1:-1]})"
+            )
+    return tuple(int(v) for v in entries)
+
+
+def _plain(values: list) -> str:
+    """``[0, 16, 8]`` for a list that may hold numpy scalars."""
+    return "[" + ", ".join(repr(v.item() if isinstance(v, np.generic) else v) for v in values) + "]"
 
 
 def check_patch_fits(

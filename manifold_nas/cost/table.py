@@ -47,6 +47,8 @@ __all__ = [
     "format_cost_table",
     "genotype_choices",
     "measure_network",
+    "table_from_state",
+    "table_state",
 ]
 
 
@@ -292,6 +294,94 @@ def build_cost_table(
         fixed=fixed,
         entries=tuple(entries),
         context=context,
+    )
+
+
+def table_state(table: CostTable) -> dict[str, Any]:
+    """``table`` as plain Python (lists, floats, strings), exactly, for a checkpoint.
+
+    :func:`table_from_state` rebuilds an equal table without measuring
+    anything, so a resumed search prices architectures with the numbers its
+    first process measured, whatever this machine would measure now.
+    """
+    return {
+        "ops": {spec: list(ops) for spec, ops in table.ops.items()},
+        "edges": {spec: [list(edge) for edge in edges] for spec, edges in table.edges.items()},
+        "costs": {
+            kind: {spec: value.tolist() for spec, value in by_spec.items()}
+            for kind, by_spec in table.costs.items()
+        },
+        "fixed": _plain(dict(table.fixed)),
+        "entries": [
+            {
+                "spec": entry.spec,
+                "row": entry.row,
+                "column": entry.column,
+                "op_name": entry.op_name,
+                "input_shape": list(entry.input_shape),
+                "measurement": _plain(asdict(entry.measurement)),
+                "lut_key": entry.lut_key,
+            }
+            for entry in table.entries
+        ],
+        "context": _plain(dict(table.context)),
+    }
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every string, number and container as its built-in type.
+
+    A checkpoint loads with ``weights_only``, which refuses subclasses such as
+    ``torch.__version__`` 's ``TorchVersion``.
+    """
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    return value
+
+
+def table_from_state(state: Mapping[str, Any]) -> CostTable:
+    """The :class:`CostTable` that :func:`table_state` recorded (float64 costs, bit for bit)."""
+    entries = []
+    for entry in state["entries"]:
+        found = dict(entry["measurement"])
+        latency = found.pop("latency")
+        entries.append(
+            CandidateCost(
+                spec=entry["spec"],
+                row=entry["row"],
+                column=entry["column"],
+                op_name=entry["op_name"],
+                input_shape=tuple(entry["input_shape"]),
+                measurement=OpMeasurement(
+                    **found, latency=None if latency is None else LatencyStats(**latency)
+                ),
+                lut_key=entry["lut_key"],
+            )
+        )
+    return CostTable(
+        ops={spec: tuple(ops) for spec, ops in state["ops"].items()},
+        edges={
+            spec: tuple(tuple(edge) for edge in edges) for spec, edges in state["edges"].items()
+        },
+        costs={
+            kind: {
+                spec: torch.tensor(value, dtype=torch.float64) for spec, value in by_spec.items()
+            }
+            for kind, by_spec in state["costs"].items()
+        },
+        fixed=dict(state["fixed"]),
+        entries=tuple(entries),
+        context=dict(state["context"]),
     )
 
 

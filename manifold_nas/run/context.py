@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import random
 import time
 import zlib
@@ -68,6 +69,7 @@ __all__ = [
     "Run",
     "TrainingResult",
     "apply_threads",
+    "usable_cpu_count",
     "build_data",
     "build_network",
     "cast_input",
@@ -97,10 +99,31 @@ def trial_seed(seed: int, trial: int) -> int:
     return (seed * 1_000_003 + 7_919 * (trial + 1)) % (2**31 - 1)
 
 
-def apply_threads(config: Config) -> None:
-    """Honour ``threads:``; small-matrix work (SPD) runs fastest on one thread."""
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
+def usable_cpu_count() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def apply_threads(config: Config) -> int | None:
+    """Honour ``threads:``; small-matrix work (SPD) runs fastest on one thread.
+
+    More threads than CPUs only oversubscribe them (thousands of OpenMP
+    threads can stall a run for minutes), so they are capped to the CPU
+    count with a one-line warning. Returns the number of threads set.
+    """
+    if config.threads is None:
+        return None
+    threads, cpus = config.threads, usable_cpu_count()
+    if threads > cpus:
+        LOGGER.warning(
+            "threads=%d exceeds the %d CPU(s) of this machine; using %d", threads, cpus, cpus
+        )
+        threads = cpus
+    torch.set_num_threads(threads)
+    return threads
 
 
 def build_data(config: Config) -> DataBundle:

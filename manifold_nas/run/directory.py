@@ -4,16 +4,24 @@ Every strategy writes the same layout (``config.yaml``, ``metrics.jsonl``,
 ``checkpoint.pt``, ``genotype.json``, ``summary.json``, plus its own extras).
 This module owns the rules that keep a run directory consistent:
 
-* **one writer**: a lock file created with ``O_CREAT | O_EXCL`` holds the
-  writer's pid; a second search on the same directory is refused, and a lock
-  left by a process that no longer exists is taken over;
+* **one writer**: a lock file, created complete in one step (a hard link, or
+  ``O_CREAT | O_EXCL``), records the writer's pid, the start time of that
+  process (``/proc/<pid>/stat``, where there is one) and the host. A second
+  search on the same directory is refused, naming the lock file to remove if
+  the holder is not manifold-nas after all; a lock whose pid is dead, or
+  alive but started at another time (the pid was reused after a ``kill -9``),
+  is stale and taken over with a warning. An old lock holding only a pid is
+  stale when its pid is dead or was started after the lock was written;
 * **no silent overwrite**: a fresh search refuses a directory holding any run
   file; ``--resume`` continues from ``checkpoint.pt``, refuses a finished run
   whose checkpoint is gone, and starts over cleanly (saying so) when a run was
   killed before its first checkpoint;
 * **atomic files**: JSON and text files are written to a temporary file and
-  renamed; ``metrics.jsonl`` is truncated to the length recorded in the
-  checkpoint on resume, so a resumed run's log equals an uninterrupted one's;
+  renamed (:func:`~manifold_nas.run.checkpoint.atomic_write`); a full disk
+  raises :class:`~manifold_nas.errors.DiskFullError` and leaves nothing
+  behind, not even half a line of ``metrics.jsonl``; ``metrics.jsonl`` is
+  truncated to the length recorded in the checkpoint on resume, so a resumed
+  run's log equals an uninterrupted one's;
 * **no empty leftovers**: a directory this process created is removed again
   if the search fails before writing anything.
 """
@@ -25,14 +33,21 @@ import json
 import logging
 import os
 import shutil
+import socket
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from manifold_nas.errors import UserInputError
-from manifold_nas.run.checkpoint import load_checkpoint, save_checkpoint
+from manifold_nas.run.checkpoint import (
+    atomic_write,
+    disk_full_cause,
+    disk_full_error,
+    load_checkpoint,
+    save_checkpoint,
+)
 from manifold_nas.run.distributed import World
-from manifold_nas.run.interrupts import deferred_signals
 
 LOGGER = logging.getLogger("manifold_nas")
 
@@ -48,15 +63,84 @@ LOCK_NAME = ".manifold-nas.lock"
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with deferred_signals():
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+    """Write ``text`` to ``path`` through a temporary file and a rename.
+
+    A full disk raises :class:`~manifold_nas.errors.DiskFullError`; nothing is
+    left behind and ``path`` keeps its previous content.
+    """
+    data = text.encode("utf-8")
+    atomic_write(path, lambda fh: fh.write(data))
+
+
+# -- the lock's record of its holder -----------------------------------------
+#: an old lock (only a pid) is stale when its pid started this long after the lock was written
+_OLD_LOCK_SLACK_S = 5.0
+
+
+@dataclass(frozen=True)
+class _LockHolder:
+    pid: int
+    start_time: int | None = None  # clock ticks since boot (/proc/<pid>/stat field 22)
+    host: str | None = None
+
+    def to_text(self) -> str:
+        record = {"pid": self.pid, "start_time": self.start_time, "host": self.host}
+        return json.dumps(record) + "\n"
+
+    @classmethod
+    def parse(cls, text: str) -> _LockHolder | None:
+        """The holder a lock names: JSON, or a bare pid (locks of older versions)."""
+        text = text.strip()
+        try:
+            pid = int(text)
+        except ValueError:
+            pass
+        else:
+            return cls(pid) if pid > 0 else None
+        try:
+            record = json.loads(text)
+            pid = record["pid"]
+            start = record.get("start_time")
+            host = record.get("host")
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+            return None
+        return cls(
+            pid,
+            start if isinstance(start, int) and not isinstance(start, bool) else None,
+            host if isinstance(host, str) and host else None,
+        )
+
+
+def _this_process() -> _LockHolder:
+    stat = _proc_stat(os.getpid())
+    return _LockHolder(os.getpid(), stat[1] if stat else None, socket.gethostname())
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """State and start time (clock ticks since boot) of ``pid``; None without /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            text = fh.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    # field 2 (comm) is in parentheses and may hold spaces or ')': split after the last ')'
+    fields = text.rpartition(")")[2].split()
+    try:
+        return fields[0], int(fields[19])  # field 3 (state) and field 22 (starttime)
+    except (IndexError, ValueError):
+        return None
+
+
+def _started_at(start_ticks: int) -> float | None:
+    """Wall-clock time of a start time in clock ticks since boot (Linux only)."""
+    try:
+        with open("/proc/stat") as fh:
+            boot = next(int(line.split()[1]) for line in fh if line.startswith("btime "))
+        return boot + start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration, AttributeError):
+        return None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -66,6 +150,8 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    except OSError:  # e.g. a pid out of range
+        return False
     return True
 
 
@@ -115,37 +201,120 @@ class RunDirectory:
         self._created = list(reversed(missing))
         if not self.path.is_dir():
             raise UserInputError(f"--out {self.path} exists and is not a directory")
-        for _ in range(2):
+        for _ in range(3):
             try:
-                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if self._lock_is_stale():
-                    self.lock_path.unlink(missing_ok=True)
-                    continue
-                raise UserInputError(
-                    f"{self.path} is in use by another manifold-nas process "
-                    f"(pid {self._lock_owner()}); wait for it or choose another --out"
-                ) from None
+                created = self._create_lock(_this_process())
             except OSError as err:
                 self._remove_created()
+                full = disk_full_cause(err)
+                if full is not None:
+                    raise disk_full_error(self.lock_path, full) from None
                 if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
                     raise UserInputError(f"cannot write to run directory {self.path}") from None
                 raise
-            with os.fdopen(fd, "w") as fh:
-                fh.write(str(os.getpid()))
-            self._locked = True
-            return
+            if created:
+                self._locked = True
+                return
+            seen = self._lock_identity()
+            holder = self._lock_holder()
+            stale = self._stale_reason(holder)
+            if stale is None:
+                assert holder is not None
+                where = "" if holder.host in (None, socket.gethostname()) else f" on {holder.host}"
+                raise UserInputError(
+                    f"{self.path} is in use by another manifold-nas process "
+                    f"(pid {holder.pid}{where}); wait for it or choose another --out "
+                    f"(if that process is not manifold-nas, remove {self.lock_path})"
+                )
+            if self._lock_identity() != seen:
+                continue  # replaced while we looked: judge the new one
+            if stale:
+                LOGGER.warning("taking over the stale lock %s: %s", self.lock_path, stale)
+            self.lock_path.unlink(missing_ok=True)
         raise UserInputError(f"could not lock {self.path}; another process keeps taking it")
 
-    def _lock_owner(self) -> int | None:
+    def _create_lock(self, holder: _LockHolder) -> bool:
+        """Create the lock naming ``holder``, complete; False if there already is one.
+
+        The record is written to a temporary file first and hard-linked to
+        the lock's name, so another process never sees a lock without its
+        holder; where hard links are not supported, ``O_EXCL`` does.
+        """
+        text = holder.to_text()
+        tmp = self.path / f"{LOCK_NAME}.tmp-{os.getpid()}"
         try:
-            return int(self.lock_path.read_text().strip() or "0") or None
-        except (OSError, ValueError):
+            with open(tmp, "w") as fh:
+                fh.write(text)
+            try:
+                os.link(tmp, self.lock_path)
+                return True
+            except FileExistsError:
+                return False
+            except OSError:
+                pass  # no hard links here (some network and FAT file systems)
+        finally:
+            tmp.unlink(missing_ok=True)
+        try:
+            fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+        except BaseException:
+            self.lock_path.unlink(missing_ok=True)
+            raise
+        return True
+
+    def _lock_identity(self) -> tuple[int, int, int] | None:
+        try:
+            info = self.lock_path.stat()
+        except OSError:
+            return None
+        return info.st_dev, info.st_ino, info.st_mtime_ns
+
+    def _lock_holder(self) -> _LockHolder | None:
+        try:
+            return _LockHolder.parse(self.lock_path.read_text())
+        except (OSError, UnicodeDecodeError):
             return None
 
-    def _lock_is_stale(self) -> bool:
-        owner = self._lock_owner()
-        return owner is None or owner == os.getpid() or not _pid_alive(owner)
+    def _stale_reason(self, holder: _LockHolder | None) -> str | None:
+        """Why the lock may be taken over ('' to take it silently), or None if it is held."""
+        if holder is None:
+            if not self.lock_path.exists():
+                return ""  # released meanwhile
+            return "it names no process"
+        me = _this_process()
+        if holder.host is not None and holder.host != me.host:
+            return None  # a process on another host: its pid cannot be checked from here
+        if holder.pid == me.pid:
+            # left by this very process (re-entrant) or, with another start
+            # time, by an earlier holder of this pid (a restarted container)
+            if holder.start_time is not None and holder.start_time == me.start_time:
+                return ""
+            return f"pid {holder.pid} is this process"
+        if not _pid_alive(holder.pid):
+            return f"pid {holder.pid} is no longer running"
+        stat = _proc_stat(holder.pid)
+        if stat is None:
+            return None  # no /proc: a live pid is taken to be the holder
+        state, start = stat
+        if state in ("Z", "X"):
+            return f"pid {holder.pid} has exited"
+        if holder.start_time is not None:
+            if start != holder.start_time:
+                return f"pid {holder.pid} now belongs to another process (started at another time)"
+            return None
+        # an old lock holding only a pid: the holder cannot have started after writing it
+        started = _started_at(start)
+        try:
+            written = self.lock_path.stat().st_mtime
+        except OSError:
+            return ""
+        if started is not None and started > written + _OLD_LOCK_SLACK_S:
+            return f"pid {holder.pid} was started after the lock was written"
+        return None
 
     def release(self, *, failed: bool = False) -> None:
         """Drop the lock; after a failure, remove what this process created if still empty."""
@@ -217,9 +386,21 @@ class RunDirectory:
 
     # -- writing ---------------------------------------------------------------
     def log(self, record: Mapping[str, Any]) -> None:
-        """Append one JSON record to ``metrics.jsonl``."""
-        with open(self.metrics_path, "a") as fh:
-            fh.write(json.dumps(record, default=float) + "\n")
+        """Append one JSON record to ``metrics.jsonl``; a failed append leaves no torn line."""
+        line = json.dumps(record, default=float) + "\n"
+        size = self.metrics_bytes()
+        try:
+            with open(self.metrics_path, "a") as fh:
+                fh.write(line)
+        except OSError as err:
+            try:
+                self.truncate_metrics(size)
+            except OSError:
+                pass
+            full = disk_full_cause(err)
+            if full is not None:
+                raise disk_full_error(self.metrics_path, full) from None
+            raise
 
     def metrics_bytes(self) -> int:
         return self.metrics_path.stat().st_size if self.metrics_path.exists() else 0

@@ -38,7 +38,14 @@ from torch.utils.data import Sampler
 
 from manifold_nas.errors import UserInputError
 
-__all__ = ["ShardedSampler", "World", "current_world", "launched_by_torchrun"]
+__all__ = [
+    "ShardedSampler",
+    "World",
+    "check_device",
+    "current_world",
+    "device_for",
+    "launched_by_torchrun",
+]
 
 
 def launched_by_torchrun() -> bool:
@@ -97,9 +104,66 @@ class World:
 _WORLD: World | None = None
 
 
+def _cuda_problem(index: int | None) -> str | None:
+    if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+        return "this torch has no CUDA (torch.version.cuda is None); use device=cpu"
+    if not torch.cuda.is_available():
+        return "no GPU visible (torch.cuda.is_available() is False); use device=cpu"
+    count = torch.cuda.device_count()
+    if index is not None and index >= count:
+        return f"{count} GPU(s) visible, cuda:0 to cuda:{count - 1}"
+    return None
+
+
+def _mps_problem() -> str | None:
+    if not torch.backends.mps.is_built():
+        return "this torch has no MPS support (torch.backends.mps.is_built() is False)"
+    if not torch.backends.mps.is_available():
+        return "no MPS device (torch.backends.mps.is_available() is False); use device=cpu"
+    return None
+
+
+def check_device(device: str) -> None:
+    """Refuse a ``device`` this process cannot run on, naming it (``UserInputError``).
+
+    The config parser has checked that torch reads the string; here the
+    device must exist: ``cuda`` needs a CUDA build of torch and a visible
+    GPU (``cuda:N`` the N-th), ``mps`` an MPS build on a Mac, and another
+    device type its torch backend (``torch.xpu``, ...) to report itself available.
+    """
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise UserInputError(
+            f"device {device!r} is not a torch device; use cpu, cuda, cuda:1 or mps"
+        ) from None
+    kind = parsed.type
+    if kind == "cpu":
+        return
+    if kind == "cuda":
+        problem = _cuda_problem(parsed.index)
+    elif kind == "mps":
+        problem = _mps_problem()
+    else:
+        backend = getattr(torch, kind, None)
+        is_available = getattr(backend, "is_available", None)
+        if not callable(is_available):
+            raise UserInputError(
+                f"device {device!r} is not supported: use cpu, cuda, cuda:N or mps"
+            )
+        problem = None if is_available() else f"torch.{kind}.is_available() is False"
+    if problem is not None:
+        raise UserInputError(f"device {device!r} is not available: {problem}")
+
+
 def current_world(device: str = "cpu") -> World:
-    """The world of this process, joining the process group on first use under torchrun."""
+    """The world of this process, joining the process group on first use under torchrun.
+
+    ``device`` is checked first (:func:`check_device`): a missing GPU is the
+    user's to fix, and NCCL would fail on it with a traceback.
+    """
     global _WORLD
+    check_device(device)
     if _WORLD is not None:
         return _WORLD
     if not launched_by_torchrun():
@@ -120,9 +184,10 @@ def current_world(device: str = "cpu") -> World:
 
 
 def device_for(device: str, world: World) -> str:
-    """``cuda`` means this rank's own GPU under torchrun."""
+    """``cuda`` means this rank's own GPU under torchrun; a device that is not there is refused."""
     if world.distributed and device == "cuda":
-        return f"cuda:{world.local_rank}"
+        device = f"cuda:{world.local_rank}"
+    check_device(device)
     return device
 
 

@@ -7,7 +7,9 @@
   old or the new one, complete;
 * :func:`raise_on_sigterm` turns SIGTERM into :class:`Terminated`, an
   exception the command line catches like Ctrl-C (exit status 143 instead of
-  130), so ``finally`` blocks and lock releases run on both.
+  130), so ``finally`` blocks and lock releases run on both;
+* an ignored SIGINT (a job started with ``&`` from a script) stays ignored,
+  as Unix has it: such a run is stopped with SIGTERM.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-__all__ = ["Terminated", "deferred_signals", "raise_on_sigterm"]
+__all__ = ["Terminated", "deferred_signals", "raise_on_sigterm", "restore_sigterm", "signal_exit"]
 
 _SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
@@ -34,14 +37,16 @@ def deferred_signals() -> Iterator[None]:
 
     Python runs a signal's handler between bytecodes, possibly well after the
     signal arrived, so blocking the signal in the OS is not enough; the
-    handlers themselves are swapped for ones that only take note.
+    handlers themselves are swapped for ones that only take note. An ignored
+    signal stays ignored.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     received: list[int] = []
     previous = {signum: signal.getsignal(signum) for signum in _SIGNALS}
-    for signum in _SIGNALS:
+    previous = {signum: h for signum, h in previous.items() if h is not signal.SIG_IGN}
+    for signum in previous:
         signal.signal(signum, lambda number, frame: received.append(number))
     try:
         yield
@@ -56,7 +61,23 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated()
 
 
-def raise_on_sigterm() -> None:
-    """Make SIGTERM raise :class:`Terminated` in the main thread."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminate)
+def raise_on_sigterm() -> Any:
+    """Make SIGTERM raise :class:`Terminated` in the main thread; returns the previous handler.
+
+    ``None`` (and nothing changed) outside the main thread, where Python
+    cannot set handlers.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _terminate)
+
+
+def restore_sigterm(previous: Any) -> None:
+    """Put back the SIGTERM handler :func:`raise_on_sigterm` returned (``None``: nothing)."""
+    if previous is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, previous)
+
+
+def signal_exit(err: KeyboardInterrupt) -> tuple[str, int]:
+    """The signal behind ``err`` and the exit status it ends a command with."""
+    return ("SIGTERM", 143) if isinstance(err, Terminated) else ("SIGINT", 130)

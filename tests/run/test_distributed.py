@@ -231,8 +231,9 @@ def test_a_strategy_without_data_parallel_support_is_refused_under_torchrun(plug
     proc = torchrun(plugin, cfg, tmp_path / "run")
     _, stderr = proc.communicate(timeout=600)
     assert proc.returncode != 0
-    # each rank says it in one line; torchrun then reports the failed workers its own way
-    assert stderr.count("does not run data-parallel under torchrun") == 2
+    # rank 0 says it in one line, the other ranks stay silent; torchrun then reports the
+    # failed workers its own way (a child cannot silence the launcher)
+    assert stderr.count("does not run data-parallel under torchrun") == 1
     assert f'File "{REPO / "manifold_nas"}' not in stderr
 
 

@@ -1,6 +1,9 @@
 """Run directories: one writer, no silent overwrite, clean restarts, no empty leftovers."""
 
 import json
+import logging
+import os
+import socket
 import subprocess
 import sys
 import time
@@ -181,7 +184,133 @@ def test_an_unwritable_output_directory_is_refused_in_one_line(tmp_path, cfg_fil
 def test_the_lock_is_released_when_the_directory_object_is_released(tmp_path):
     directory = RunDirectory(tmp_path / "run")
     directory.acquire()
-    assert (tmp_path / "run" / LOCK_NAME).read_text() == str(__import__("os").getpid())
+    assert json.loads((tmp_path / "run" / LOCK_NAME).read_text())["pid"] == os.getpid()
     directory.release()
     assert not (tmp_path / "run" / LOCK_NAME).exists()
     time.sleep(0)
+
+
+# -- stale locks: a pid reused after ``kill -9`` --------------------------------
+needs_proc = pytest.mark.skipif(
+    not Path("/proc/self/stat").is_file(), reason="process start times come from /proc"
+)
+
+
+def start_ticks(pid):
+    """Field 22 of /proc/<pid>/stat: the process's start time in clock ticks since boot."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
+
+
+@pytest.fixture
+def unrelated():
+    """A live process that is not manifold-nas (what a reused pid belongs to)."""
+    proc = subprocess.Popen(["sleep", "30"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def write_lock(directory, **record):
+    directory.mkdir(exist_ok=True)
+    (directory / LOCK_NAME).write_text(json.dumps(record))
+
+
+def lock_warnings(caplog):
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "manifold_nas" and r.levelno == logging.WARNING
+    ]
+
+
+def test_the_lock_records_pid_start_time_and_host(tmp_path):
+    directory = RunDirectory(tmp_path / "run")
+    directory.acquire()
+    try:
+        record = json.loads(directory.lock_path.read_text())
+        assert record["pid"] == os.getpid() and record["host"] == socket.gethostname()
+        if Path("/proc/self/stat").is_file():
+            assert record["start_time"] == start_ticks(os.getpid())
+    finally:
+        directory.release()
+    assert not directory.lock_path.exists()
+
+
+@needs_proc
+def test_a_lock_whose_pid_now_belongs_to_an_unrelated_process_is_taken_over(
+    tmp_path, unrelated, caplog
+):
+    out = tmp_path / "run"
+    write_lock(
+        out, pid=unrelated.pid, start_time=start_ticks(unrelated.pid) + 1, host=socket.gethostname()
+    )
+    directory = RunDirectory(out)
+    with caplog.at_level(logging.WARNING, logger="manifold_nas"):
+        directory.acquire()
+    try:
+        assert json.loads(directory.lock_path.read_text())["pid"] == os.getpid()
+        (warning,) = lock_warnings(caplog)
+        assert str(directory.lock_path) in warning and str(unrelated.pid) in warning
+        assert "\n" not in warning
+    finally:
+        directory.release()
+
+
+@needs_proc
+def test_a_lock_of_a_live_process_with_its_start_time_is_refused_naming_the_lock_file(
+    tmp_path, cfg_file, unrelated, capsys
+):
+    out = tmp_path / "run"
+    write_lock(
+        out, pid=unrelated.pid, start_time=start_ticks(unrelated.pid), host=socket.gethostname()
+    )
+    before = snapshot(out)
+    with pytest.raises(UserInputError) as refused:
+        RunDirectory(out).acquire()
+    message = str(refused.value)
+    assert "\n" not in message and f"pid {unrelated.pid}" in message
+    assert f"remove {out / LOCK_NAME}" in message
+    code, _, err = run_cli(capsys, "search", cfg_file, "--out", out)
+    assert code == 2 and f"remove {out / LOCK_NAME}" in one_line(err)
+    assert snapshot(out) == before
+
+
+def test_a_lock_of_a_dead_pid_is_taken_over_with_a_warning(tmp_path, caplog):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "run"
+    write_lock(out, pid=dead.pid, start_time=12345, host=socket.gethostname())
+    directory = RunDirectory(out)
+    with caplog.at_level(logging.WARNING, logger="manifold_nas"):
+        directory.acquire()
+    try:
+        assert json.loads(directory.lock_path.read_text())["pid"] == os.getpid()
+        (warning,) = lock_warnings(caplog)
+        assert f"pid {dead.pid} is no longer running" in warning
+    finally:
+        directory.release()
+
+
+@needs_proc
+def test_an_old_pid_only_lock_older_than_its_live_pid_is_taken_over(tmp_path, unrelated, caplog):
+    out = tmp_path / "run"
+    out.mkdir()
+    lock = out / LOCK_NAME
+    lock.write_text(str(unrelated.pid))  # the format of earlier versions
+    hour_ago = time.time() - 3600  # written long before the process now holding the pid
+    os.utime(lock, (hour_ago, hour_ago))
+    directory = RunDirectory(out)
+    with caplog.at_level(logging.WARNING, logger="manifold_nas"):
+        directory.acquire()
+    try:
+        (warning,) = lock_warnings(caplog)
+        assert "started after the lock was written" in warning
+    finally:
+        directory.release()
+
+
+def test_a_lock_held_on_another_host_is_refused(tmp_path):
+    out = tmp_path / "run"
+    write_lock(out, pid=os.getpid(), start_time=1, host=socket.gethostname() + "-elsewhere")
+    with pytest.raises(UserInputError, match="on .*-elsewhere.*remove"):
+        RunDirectory(out).acquire()

@@ -8,7 +8,9 @@ supernet (batch norms recalibrated per path) or by a short stand-alone
 training through the multi-trial backend. Measuring and labelling append to
 the strategy's own ``measured`` list and ``labels`` dict and call
 ``checkpoint`` as they go, so a resumed run continues at the first
-sub-network without a measurement or a label and never does one twice.
+sub-network without a measurement or a label and never does one twice:
+the measurements are timings on this machine, and a resumed run keeps the
+ones its first process took rather than taking new ones.
 """
 
 from __future__ import annotations
@@ -95,8 +97,12 @@ def measure_samples(
 
     ``None`` stands for each one without ``options.measure``, so ``measured``
     always ends as long as ``genotypes``. With measurements, ``checkpoint``
-    is called after every :data:`CHECKPOINT_EVERY`-th.
+    is called after every :data:`CHECKPOINT_EVERY`-th and after the last, so
+    once labelling starts every measurement is in the checkpoint: the costs
+    are timings, which a second measurement would not repeat, and a resumed
+    run prices and fits with the ones its first process took.
     """
+    unsaved = False
     while len(measured) < len(genotypes):
         index = len(measured)
         costs = None
@@ -108,8 +114,12 @@ def measure_samples(
                 repeats=options.latency_repeats,
             )
         measured.append(costs)
+        unsaved = options.measure
         if options.measure and (index + 1) % CHECKPOINT_EVERY == 0:
             checkpoint()
+            unsaved = False
+    if unsaved:
+        checkpoint()
 
 
 def label_samples(

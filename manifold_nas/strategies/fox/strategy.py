@@ -45,6 +45,16 @@ depend on how many sub-networks were labelled; the linear latency model
 only sees op counts per cell type and is fitted on noisy whole-network
 timings. ``feasibility: predictor`` uses the fitted cost models instead
 (FOX-NAS's choice; it needs ``measure``).
+
+**Resuming.** Latencies are timings on this machine, never measured the same
+twice, so what a budget admits depends on them. Every checkpoint holds the
+per-op table (measured when the search starts, before the first checkpoint;
+``cost_lut.json`` caches it for later runs) and the end-to-end costs of the
+sub-networks measured so far (all of them once labelling starts). A resumed
+run takes both from the checkpoint and measures neither again, so it chooses
+exactly what the uninterrupted run chooses from the same measurements; only
+the verification, which chooses nothing, is measured by the process that
+finishes.
 """
 
 from __future__ import annotations
@@ -55,6 +65,7 @@ from typing import Any
 import torch
 
 from manifold_nas.cost.budget import GenotypeCost
+from manifold_nas.cost.table import table_from_state, table_state
 from manifold_nas.errors import UserInputError
 from manifold_nas.predictors.performance import FeatureSpace
 from manifold_nas.run.context import Run
@@ -177,14 +188,10 @@ class FoxSearch(Strategy):
         with torch.random.fork_rng(devices=[]):
             network = run.build_searchable()
         self.specs = dict(network.arch_specs)
-        table = run.cost_table(
-            network,
-            latency=True,
-            warmup=self.options.latency_warmup,
-            repeats=self.options.latency_repeats,
-            x=self.x,
-        )
-        self.cost_model = GenotypeCost(table)
+        # measured in run(), once a checkpoint had its chance to supply the table
+        self._unpriced = network
+        self._table_costs: dict[str, Any] | None = None
+        self.cost_model: GenotypeCost | None = None
         self.features = FeatureSpace(
             self.specs, self.zero, run.opset.parameter_free, self.options.interactions
         )
@@ -196,16 +203,14 @@ class FoxSearch(Strategy):
             self.trainer.setup(run)
 
     def state_dict(self) -> dict[str, Any]:
-        table = self.cost_model.table
         return {
             "samples": self.samples,
+            # the end-to-end costs of the sampled sub-networks, as measured
             "measured": self.measured,
             "labels": self.labels,
             "supernet": None if self.trainer is None else self.trainer.state_dict(),
-            # the table this run's designs were priced with, whatever a later LUT holds
-            "cost_table": {
-                k: {s: v.tolist() for s, v in c.items()} for k, c in table.costs.items()
-            },
+            # the per-op table this run prices designs with, whatever a later LUT holds
+            "cost_table": None if self.cost_model is None else table_state(self.cost_model.table),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -214,10 +219,35 @@ class FoxSearch(Strategy):
         self.labels = {int(k): v for k, v in state["labels"].items()}
         if self.trainer is not None:
             self.trainer.load_state_dict(state["supernet"])
-        table = self.cost_model.table
-        for kind, by_spec in state["cost_table"].items():
-            for spec, values in by_spec.items():
-                table.costs[kind][spec].copy_(torch.tensor(values, dtype=torch.float64))
+        table = state["cost_table"]
+        if table is not None and "costs" in table:
+            self.cost_model = GenotypeCost(table_from_state(table))
+            self._unpriced = None
+        else:
+            # an older checkpoint held only the costs: run() measures, then takes them
+            self._table_costs = table
+
+    def price(self, run: Run) -> GenotypeCost:
+        """The look-up-table cost model: from the checkpoint, or measured now (cached in the LUT).
+
+        A resumed run prices with the table its first process measured and
+        measures no op again; a fresh run measures every op missing from
+        ``cost_cache_dir/cost_lut.json``.
+        """
+        if self.cost_model is None:
+            table = run.cost_table(
+                self._unpriced,
+                latency=True,
+                warmup=self.options.latency_warmup,
+                repeats=self.options.latency_repeats,
+                x=self.x,
+            )
+            for kind, by_spec in (self._table_costs or {}).items():
+                for spec, values in by_spec.items():
+                    table.costs[kind][spec].copy_(torch.tensor(values, dtype=torch.float64))
+            self.cost_model = GenotypeCost(table)
+            self._unpriced = self._table_costs = None
+        return self.cost_model
 
     def progress(self) -> str:
         if self.trainer is not None and not self.samples:
@@ -227,6 +257,7 @@ class FoxSearch(Strategy):
     # -- the search ----------------------------------------------------------------------
     def run(self, run: Run) -> Genotype:
         checkpoint = partial(run.checkpoint, self)
+        self.price(run)
         if self.trainer is not None:
             while self.trainer.epoch < run.config.search.epochs:
                 self.trainer.train_epoch(run)

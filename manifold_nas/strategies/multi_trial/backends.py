@@ -38,7 +38,7 @@ import torch
 
 from manifold_nas.config import parse_config
 from manifold_nas.errors import UserInputError
-from manifold_nas.run.context import Run
+from manifold_nas.run.context import Run, usable_cpu_count
 
 LOGGER = logging.getLogger("manifold_nas")
 
@@ -95,7 +95,8 @@ def _worker_run(config_json: str) -> Run:
         run = Run(config, None, quiet=True)
         _WORKER_RUNS.clear()  # one search at a time per worker: drop the previous data
         _WORKER_RUNS[config_json] = run
-    torch.set_num_threads(run.config.threads or 1)
+    # one thread per trial unless the config asks for more, never beyond the CPUs
+    torch.set_num_threads(min(run.config.threads or 1, usable_cpu_count()))
     return run
 
 

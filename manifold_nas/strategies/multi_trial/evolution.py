@@ -153,6 +153,11 @@ class RegularizedEvolution(MultiTrialSearch, Strategy):
         self.sample = positive_int("sample", sample)
         if self.sample > self.population_size:
             raise ValueError(f"sample ({sample}) must not exceed population ({population})")
+        if self.population_size > self.n_trials:
+            raise ValueError(
+                f"population ({population}) must not exceed trials ({trials}): the first "
+                "population trials are random, so no child would ever be bred"
+            )
         self.population: list[int] = []
 
     def setup(self, run: Run) -> None:

@@ -211,8 +211,10 @@ def test_validation_refuses_non_symmetric_sample():
 
 
 def test_validation_tolerates_relative_rounding_asymmetry():
-    x = random_spd(6) * 1e6
-    x[2, 0, 1] *= 1 + 1e-12
+    # Scale 1e4 (largest eigenvalue ~1e5, inside the accepted range): an absolute
+    # asymmetry ~1e-5 far above sym_tol, a relative one of 1e-9 below it.
+    x = random_spd(6) * 1e4
+    x[2, 0, 1] *= 1 + 1e-9
     validate_spd_dataset(x, np.zeros(6), source="mem")
 
 
@@ -706,3 +708,90 @@ def test_japanese_vowels_without_mean_embedding_gives_plain_covariances():
     np.testing.assert_allclose(
         bundle.train.tensors[0][5, 0].numpy(), np.cov(series[5], bias=True), rtol=1e-10
     )
+
+
+# ------------------------------------------------- scale: eigenvalue range
+
+
+def test_eigenvalue_range_is_tied_to_the_reeig_floor_and_float64_eigh():
+    from manifold_nas.domains.spd.validation import EIGENVALUE_RANGE, REEIG_FLOOR
+    from spd_ops import ReEig
+
+    assert REEIG_FLOOR == ReEig().eps
+    low, high = EIGENVALUE_RANGE
+    assert low == REEIG_FLOOR
+    # float64 eigh errs by about n·eps·λ_max: at condition high/low the floor keeps ~1e-6.
+    assert np.finfo(np.float64).eps * high / low < 1e-5
+
+
+def _one_line_refusal(build):
+    with pytest.raises(UserInputError) as err:
+        build()
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+def test_spd_files_refuses_matrices_scaled_far_beyond_unit_naming_file_and_scale(tmp_path, spd_xy):
+    # Valid SPD matrices at scale 1e10 used to pass and kill the search in eigh.
+    x, y = spd_xy
+    np.savez(tmp_path / "big.npz", X=x * 1e10, y=y)
+    message = _one_line_refusal(lambda: spd_files(path=str(tmp_path / "big.npz")))
+    assert message.startswith(f"{tmp_path / 'big.npz'}: matrices have eigenvalues up to ")
+    assert "scale 1e10" in message and "within 1e-4..1e6" in message
+    assert "divide them all by" in message and "their mean eigenvalue" in message
+
+
+def test_spd_files_refuses_matrices_below_the_reeig_floor(tmp_path, spd_xy):
+    x, y = spd_xy
+    np.savez(tmp_path / "tiny.npz", X=x * 1e-10, y=y)
+    message = _one_line_refusal(lambda: spd_files(path=str(tmp_path / "tiny.npz")))
+    assert "tiny.npz: matrices have largest eigenvalues down to" in message
+    assert "scale 1e-10" in message and "ReEig's floor 1e-4" in message
+
+
+def test_spd_files_scale_refusal_names_the_test_file_and_ignores_regularize(tmp_path, spd_xy):
+    x, y = spd_xy
+    np.savez(tmp_path / "train.npz", X=x, y=y)
+    np.savez(tmp_path / "test.npz", X=x * 1e9, y=y)
+    message = _one_line_refusal(
+        lambda: spd_files(
+            path=str(tmp_path / "train.npz"), test_path=str(tmp_path / "test.npz"), regularize=True
+        )
+    )
+    assert "test.npz: matrices have eigenvalues up to" in message and "scale 1e9" in message
+
+
+def test_the_suggested_divisor_brings_the_data_within_range(tmp_path, spd_xy):
+    import re
+
+    x, y = spd_xy
+    x[0] *= 1e-5  # one sample far below the others: the mean would not do
+    message = _one_line_refusal(lambda: validate_spd_dataset(x, y, source="m"))
+    divisor = float(re.search(r"divide them all by ([0-9.e+-]+)", message).group(1))
+    validate_spd_dataset(x / divisor, y, source="m")
+
+
+def test_in_memory_arrays_get_the_same_scale_check():
+    x = torch.from_numpy(random_spd(6, size=3) * 1e8)
+    message = _one_line_refusal(lambda: validate_spd_dataset(x, np.arange(6) % 2, source="X"))
+    assert message.startswith("X: matrices have eigenvalues up to") and "scale 1e8" in message
+
+
+def test_scales_wider_than_the_range_ask_for_per_matrix_normalisation():
+    x = random_spd(6, size=3)
+    x[0] *= 1e-8
+    x[1] *= 1e5
+    message = _one_line_refusal(lambda: validate_spd_dataset(x, np.arange(6) % 2, source="X"))
+    assert "wider than one rescaling" in message and "tr(X)/n" in message
+
+
+def test_timeseries_files_scale_refusal_suggests_trace_normalize(tmp_path):
+    series = random_series(n=12, c=3, t=20) * 1e5  # covariances at scale 1e10
+    np.savez(tmp_path / "s.npz", X=series, y=np.repeat(["a", "b", "c"], 4))
+    build = DATASETS.get("timeseries_files")
+    message = _one_line_refusal(lambda: build(path=str(tmp_path / "s.npz")))
+    assert "s.npz: matrices have eigenvalues up to" in message
+    assert "divide the series by" in message and "data.trace_normalize: true" in message
+    bundle = build(path=str(tmp_path / "s.npz"), trace_normalize=True)
+    assert len(bundle.train) + len(bundle.test) == 12

@@ -245,3 +245,43 @@ def test_cifar10_unreadable_batch_names_the_file(tmp_path) -> None:
     (tmp_path / "test_batch").write_bytes(b"garbage")
     with pytest.raises(UserInputError, match="test_batch"):
         DATASETS.get("cifar10")(root=str(tmp_path))
+
+
+# --------------------------------------------------------------------------
+# image_folder: empty class folders
+
+
+def test_image_folder_refuses_an_empty_class_folder_naming_it(tmp_path) -> None:
+    # An empty class folder used to count as a class (num_classes 3, no sample of class 1).
+    root = _make_folder(tmp_path / "train")
+    (root / "bee").mkdir()
+    (root / "bee" / "README.txt").write_text("images to come")
+    with pytest.raises(UserInputError) as err:
+        DATASETS.get("image_folder")(root=str(root), test_fraction=0.34)
+    message = str(err.value)
+    assert message.startswith(f"class folder {str(root / 'bee')!r} has no images")
+    assert "\n" not in message and "remove it" in message
+
+
+def test_image_folder_counts_further_empty_class_folders(tmp_path) -> None:
+    root = _make_folder(tmp_path / "train")
+    for name in ("bee", "dog"):
+        (root / name / "sub").mkdir(parents=True)
+    with pytest.raises(UserInputError, match=r"bee.*no images.*\(and 1 more empty class folders\)"):
+        DATASETS.get("image_folder")(root=str(root), test_fraction=0.34)
+
+
+def test_image_folder_refuses_an_empty_class_folder_in_test_root(tmp_path) -> None:
+    root = _make_folder(tmp_path / "train")
+    test_root = tmp_path / "test"
+    _write_image(test_root / "cat" / "t.png", (8, 8), (255, 0, 0))
+    (test_root / "ant").mkdir()
+    with pytest.raises(UserInputError, match=r"class folder .*test/ant' has no images"):
+        DATASETS.get("image_folder")(root=str(root), test_root=str(test_root))
+
+
+def test_image_folder_ignores_hidden_folders_when_looking_for_empty_classes(tmp_path) -> None:
+    root = _make_folder(tmp_path / "train")
+    (root / ".cache").mkdir()
+    bundle = DATASETS.get("image_folder")(root=str(root), image_size=4, test_fraction=0.34)
+    assert bundle.num_classes == 2

@@ -248,3 +248,35 @@ def test_mni152_tissue_builder_makes_disjoint_deterministic_subjects(tmp_path):
     assert not np.array_equal(first, second)
     labels = np.asanyarray(nib.load(str(folder / "labels" / "mni152_000.nii.gz")).dataobj)
     assert set(np.unique(labels)) == {0, 1, 2}
+
+
+@pytest.mark.parametrize(
+    "patch_size",
+    [[0, 16, 8], [-16, 16, 8], [16, 16], [16, 16, 8, 8], [16.5, 16, 8], [True, 16, 8], "16", 16],
+)
+def test_patch_size_must_be_three_positive_integers(datalist, patch_size):
+    # 0 or a negative entry used to pass and make the crop take the whole axis.
+    with pytest.raises(UserInputError) as err:
+        build_datalist_dataset(datalist=str(datalist), patch_size=patch_size)
+    message = str(err.value)
+    assert message.startswith("data.patch_size must be 3 positive integers") and "\n" not in message
+    assert repr(patch_size) in message or str(patch_size) in message
+
+
+def test_patch_size_refusal_names_the_bad_axis(datalist):
+    with pytest.raises(UserInputError, match=r"got \[16, 0, 8\] \(axis 1: 0\)"):
+        build_datalist_dataset(datalist=str(datalist), patch_size=[16, 0, 8])
+
+
+def test_whole_float_and_numpy_patch_sizes_are_accepted():
+    from manifold_nas.domains.volumetric.validation import check_patch_size
+
+    assert check_patch_size([16.0, 16, 8]) == (16, 16, 8)
+    assert check_patch_size(np.array([16, 16, 8])) == (16, 16, 8)
+
+
+@pytest.mark.parametrize("builder", ["synthetic_shapes", "mni152_tissue"])
+def test_generated_sets_refuse_a_bad_patch_size_before_writing_volumes(tmp_path, builder):
+    with pytest.raises(UserInputError, match=r"data\.patch_size .*\[-16, 16, 8\]"):
+        DATASETS.get(builder)(cache_dir=str(tmp_path), patch_size=[-16, 16, 8])
+    assert not any(tmp_path.iterdir())

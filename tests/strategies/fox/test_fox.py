@@ -22,11 +22,20 @@ from support import (
 
 from manifold_nas.cli import main
 from manifold_nas.config import load_config, parse_config
-from manifold_nas.cost.table import CostLUT, build_cost_table, derived_cost, genotype_choices
+from manifold_nas.cost.table import (
+    CostLUT,
+    build_cost_table,
+    derived_cost,
+    genotype_choices,
+    table_from_state,
+    table_state,
+)
 from manifold_nas.errors import UserInputError
+from manifold_nas.run.checkpoint import load_checkpoint
 from manifold_nas.run.context import Run
 from manifold_nas.search import build_strategy, search
 from manifold_nas.space.genotype import Genotype, parse_cells
+from manifold_nas.space.sampling import genotype_key
 
 TINY_SEARCH = {"epochs": 1, "batch_size": 8, "max_steps_per_epoch": 2}
 FOX = {
@@ -210,3 +219,127 @@ def test_each_shipped_fox_config_has_a_latency_budget_and_the_spos_supernet_budg
     assert strategy.name == "fox" and strategy.options.budget["latency_ms"] > 0
     spos = REPO / "configs" / f"{name.replace('fox_', 'spos_')}.yaml"
     assert load_config(spos).search == config.search  # the supernet trains as spos's does
+
+
+def test_a_resume_under_a_latency_budget_reuses_the_killed_runs_measurements(tmp_path, monkeypatch):
+    """Killed after its first labels, a latency-budgeted search resumes on its own measurements.
+
+    Timings are never the same twice (on a busy two-core machine two runs of
+    this search measured the same sub-networks 2x apart), so an uninterrupted
+    run and a resumed one cannot be compared by measuring twice. Instead the
+    killed run's checkpoint is the reference:
+
+    * the resumed run must price with exactly the per-op table in that
+      checkpoint and fit on exactly its end-to-end measurements, bit for bit,
+      and measure nothing but the verification of its designs (the per-op
+      table is never rebuilt and no sampled sub-network is timed again);
+    * an uninterrupted run in a fresh directory, fed the same measurements
+      (the killed run's ``cost_lut.json``, whose entries rebuild the same
+      table, and its end-to-end costs replayed for the sampled
+      sub-networks), must choose the same genotype and designs, LUT latencies
+      (op sum plus the offset calibrated on the measurements) included.
+
+    Both comparisons are exact floats, yet hold whatever the machine's
+    timings, because each side reuses one set of measurements; a run that
+    measured again would differ in the calibrated latency offset, so in every
+    design's latency cost. The budget is generous: no limit fixed in a config
+    is both binding and surely feasible under timings that vary this much,
+    and what the test checks is where the numbers come from, which decide
+    every choice a binding budget makes.
+    """
+    torch.set_num_threads(1)
+    config = tiny("vision", budget={"latency_ms": 10000.0})
+    marker = '"type": "fox_label", "index": 3'
+    out = search_killed_when(config, tmp_path, lambda out: logged(out, marker))
+    assert not (out / "designs.json").exists()
+    killed = load_checkpoint(out / "checkpoint.pt")["strategy_state"]
+    assert len(killed["measured"]) == 8, "every measurement is checkpointed before labelling"
+    assert all(m["latency_ms"] > 0 for m in killed["measured"])
+    recorded = {
+        genotype_key(Genotype("darts", parse_cells(cells))): costs
+        for cells, costs in zip(killed["samples"], killed["measured"])
+    }
+    measure = Run.measure_genotype
+    timed: list[str] = []
+
+    def spy(self, genotype, x, **options):
+        timed.append(genotype_key(genotype))
+        return measure(self, genotype, x, **options)
+
+    def no_table(self, *args, **kwargs):
+        raise AssertionError("a resumed run measured the per-op table again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Run, "measure_genotype", spy)
+        patch.setattr(Run, "cost_table", no_table)
+        resumed = search(parse_config(config), out, resume=True, quiet=True)
+    assert table_state(resumed.strategy.cost_model.table) == killed["cost_table"]
+    assert resumed.strategy.measured == killed["measured"]
+    designs = json.loads((out / "designs.json").read_text())
+    keys = [genotype_key(Genotype("darts", parse_cells(d["genotype"]))) for d in designs["designs"]]
+    assert timed == keys, "only the designs' verification is measured after the resume"
+    labels = records(out, "fox_label")
+    assert [r["index"] for r in labels] == list(range(8))
+    assert [r["measured"] for r in labels] == killed["measured"]
+
+    def replay(self, genotype, x, **options):
+        key = genotype_key(genotype)
+        return dict(recorded[key]) if key in recorded else measure(self, genotype, x, **options)
+
+    fresh = tmp_path / "uninterrupted"
+    fresh.mkdir()
+    shutil.copy(out / "cost_lut.json", fresh / "cost_lut.json")
+    with monkeypatch.context() as patch:
+        patch.setattr(Run, "measure_genotype", replay)
+        uninterrupted = search(parse_config(config), fresh, quiet=True)
+    assert (
+        table_state(uninterrupted.strategy.cost_model.table)["costs"]
+        == killed["cost_table"]["costs"]
+    )
+    assert uninterrupted.strategy.measured == killed["measured"]
+
+    reference = json.loads((fresh / "designs.json").read_text())
+    assert reference["offsets"] == designs["offsets"]
+    assert designs["offsets"]["latency_ms"]["source"] == "calibrated"
+
+    def chosen(written):
+        return [(d["genotype"], d["predicted"], d["cost"]) for d in written["designs"]]
+
+    assert chosen(designs) == chosen(reference)
+    assert resumed.genotype.cells == uninterrupted.genotype.cells
+
+
+def test_the_checkpointed_cost_table_loads_safely_and_equals_the_measured_one(tmp_path):
+    run = Run(parse_config(tiny("vision")), quiet=True)
+    table = build_cost_table(run.build_searchable(), run.example_input(), warmup=0, repeats=1)
+    torch.save({"table": table_state(table)}, tmp_path / "state.pt")
+    loaded = table_from_state(torch.load(tmp_path / "state.pt", weights_only=True)["table"])
+    assert (loaded.ops, loaded.edges, loaded.fixed) == (table.ops, table.edges, table.fixed)
+    assert loaded.entries == table.entries and loaded.context == table.context
+    for kind, by_spec in table.costs.items():
+        for spec, costs in by_spec.items():
+            assert torch.equal(loaded.costs[kind][spec], costs)
+    assert table_state(loaded) == table_state(table)
+
+
+def test_a_checkpoint_of_the_costs_alone_still_prices_with_them():
+    # what the checkpoints of earlier versions held: {kind: {spec: costs}}
+    config = parse_config(tiny("vision", budget={"latency_ms": 10000.0}))
+    run = Run(config, quiet=True)
+    first = build_strategy(config)
+    first.setup(run)
+    state = copy.deepcopy(first.state_dict())
+    assert state["cost_table"] is None, "nothing is measured before the search starts"
+    first.price(run)
+    costs = first.state_dict()["cost_table"]["costs"]
+    state["cost_table"] = {
+        kind: {spec: (torch.tensor(values) + 1).tolist() for spec, values in by_spec.items()}
+        for kind, by_spec in costs.items()
+    }
+    resumed = build_strategy(config)
+    resumed.setup(run)
+    resumed.load_state_dict(state)
+    table = resumed.price(run).table
+    for kind, by_spec in state["cost_table"].items():
+        for spec, values in by_spec.items():
+            assert table.costs[kind][spec].tolist() == values
