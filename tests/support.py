@@ -170,3 +170,20 @@ def toy_space() -> list[Genotype]:
             codes.insert(2 + dropped, NOT_KEPT)
             space.append(decode_genotype(codes, TOY_SPECS, "toy"))
     return space
+
+
+def run_cli(capsys, *argv):
+    """``manifold-nas ARGV`` in this process: its exit status, stdout and stderr."""
+    from manifold_nas.cli import main
+
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def one_line_error(code, err):
+    """The single stderr line of a refused command (exit status 2, no traceback)."""
+    assert code == 2, err
+    lines = [line for line in err.strip().splitlines() if line]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from support import run_cli
 
 from manifold_nas.cli import main
 from manifold_nas.errors import UserInputError
@@ -26,12 +27,6 @@ def write_genotype(tmp_path, opset, cells, config):
     path = tmp_path / "genotype.json"
     Genotype(opset, cells, config=config).save(path)
     return path
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def assert_one_line_error(code, err, *needles):

@@ -8,25 +8,12 @@ import zipfile
 import pytest
 import torch
 import yaml
+from support import one_line_error, run_cli
 
-from manifold_nas.cli import main
 from manifold_nas.config import apply_overrides, parse_config
 from manifold_nas.data import DATASETS
 from manifold_nas.errors import UserInputError
 from manifold_nas.strategies.bilevel.strategy import arch_optimizer_section
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def one_line_error(code, err):
-    assert code == 2, err
-    lines = [line for line in err.strip().splitlines() if line]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 @pytest.fixture

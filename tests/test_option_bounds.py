@@ -12,8 +12,8 @@ import logging
 import pytest
 import torch
 import yaml
+from support import one_line_error, run_cli
 
-from manifold_nas.cli import main
 from manifold_nas.config import (
     MAX_CONFIG_DEPTH,
     MAX_THREADS,
@@ -28,19 +28,6 @@ from manifold_nas.strategies.multi_trial.evolution import RegularizedEvolution
 from manifold_nas.strategies.multi_trial.random_search import RandomSearch
 
 DEEP = 600  # far past Python's default recursion limit of 1000 frames for deepcopy and YAML
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def one_line_error(code, err):
-    assert code == 2, err
-    lines = [line for line in err.strip().splitlines() if line]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def clean_outcome(code, err):

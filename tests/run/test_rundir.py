@@ -11,19 +11,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import REPO
+from support import REPO, run_cli
 
-from manifold_nas.cli import main
 from manifold_nas.config import parse_config
 from manifold_nas.errors import UserInputError
 from manifold_nas.run.directory import LOCK_NAME, RunDirectory
 from manifold_nas.search import search
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def one_line(err):
